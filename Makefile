@@ -1,0 +1,49 @@
+# GamePipeline: the two commands of the README's Quick start, and the tools behind them.
+# Every target installs what it needs first (virtualenv, Docker engine, stand-in images).
+
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+TEMPLATE ?= demo
+
+.PHONY: demo demo-stop test unit integration lint format proto images docker venv clean
+
+demo: venv images
+	$(PY) scripts/demo.py --template $(TEMPLATE)
+
+demo-stop: venv
+	$(PY) scripts/demo.py --stop
+
+test: lint images
+	$(PY) -m pytest tests
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+integration: venv images
+	$(PY) -m pytest tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+proto: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/gen-proto.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	VENV=$(VENV) scripts/bootstrap.sh
+
+docker:
+	scripts/docker-up.sh
+
+images: docker
+	scripts/build-images.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from gamepipeline.cli import main
+
+main()

@@ -1,0 +1,183 @@
+"""Fixtures that run the real thing: server and agent processes, Docker, ansible-runner.
+
+The server and the agent are started as the `gamepipeline` command a user runs, each in
+its own process, talking real gRPC over loopback on ports the OS picks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+
+from gamepipeline.client import ApiClient
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
+
+
+def gamepipeline_command() -> list[str]:
+    return [sys.executable, "-m", "gamepipeline"]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Process:
+    """A `gamepipeline` subprocess whose output goes to a log file."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        handle = self.log.open("ab")
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        self.proc = subprocess.Popen(
+            self.argv, stdout=handle, stderr=handle, env=env, start_new_session=True
+        )
+        handle.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def tail(self) -> str:
+        return _tail(self.log)
+
+
+@dataclass
+class Server(Process):
+    grpc_port: int = 0
+    http_port: int = 0
+    db_path: Path = field(default_factory=Path)
+
+    @property
+    def api(self) -> ApiClient:
+        return ApiClient(f"http://127.0.0.1:{self.http_port}")
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def start_server(workdir: Path, name: str = "server") -> Server:
+    db_path = workdir / "gamepipeline.db"
+    port_file = workdir / f"{name}-ports.json"
+    port_file.unlink(missing_ok=True)
+    argv = gamepipeline_command() + [
+        "server",
+        "--grpc", "127.0.0.1:0",
+        "--http", "127.0.0.1:0",
+        "--db", str(db_path),
+        "--port-file", str(port_file),
+        "--log-level", "debug",
+    ]  # fmt: skip
+    server = Server(name=name, argv=argv, log=workdir / f"{name}.log", db_path=db_path)
+    server.start()
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        assert server.proc is not None
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            pytest.fail(f"server did not start; its log:\n{server.tail()}")
+        time.sleep(0.05)
+    ports = json.loads(port_file.read_text())
+    server.grpc_port, server.http_port = ports["grpc"], ports["http"]
+    return server
+
+
+def start_agent(
+    workdir: Path, server: Server, node_id: str, *extra: str, name: str = "agent"
+) -> Process:
+    argv = gamepipeline_command() + [
+        "agent",
+        "--server", server.grpc_address,
+        "--node-id", node_id,
+        "--work-dir", str(workdir / f"{name}-work"),
+        "--log-level", "debug",
+        *extra,
+    ]  # fmt: skip
+    agent = Process(name=name, argv=argv, log=workdir / f"{name}.log")
+    agent.start()
+    deadline = time.monotonic() + 30
+    while True:
+        nodes = server.api.nodes()
+        if any(n["node_id"] == node_id and n["state"] == "online" for n in nodes):
+            return agent
+        assert agent.proc is not None
+        if agent.proc.poll() is not None or time.monotonic() > deadline:
+            agent.stop()
+            pytest.fail(f"agent {node_id} did not connect; its log:\n{agent.tail()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """The real engine. `make test` starts one; without it these tests fail, never skip."""
+    client = docker.from_env()
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def server(workdir: Path) -> Iterator[Server]:
+    srv = start_server(workdir)
+    yield srv
+    srv.stop()
+    # Shown by pytest only when the test failed.
+    print(f"--- server log ---\n{srv.tail()}")
+
+
+@pytest.fixture
+def node_id() -> str:
+    return f"node-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def agent(workdir: Path, server: Server, node_id: str) -> Iterator[Process]:
+    proc = start_agent(workdir, server, node_id)
+    yield proc
+    proc.stop()
+    print(f"--- agent log ---\n{proc.tail()}")
+
+
+@pytest.fixture
+def cleanup_containers(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+    """Names of containers a test creates; removed afterwards, with every container
+    labelled by the pipelines the test ran."""
+    names: list[str] = []
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    yield names
+    for container in docker_client.containers.list(all=True):
+        labelled = PIPELINE_LABEL in (container.labels or {})
+        if container.name in names or (labelled and container.id not in before):
+            container.remove(force=True)
