@@ -18,6 +18,13 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 
+# The tests drive the API with curl exactly as the design document's example does.
+if ! command -v curl >/dev/null 2>&1; then
+  echo "bootstrap: installing curl" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
+
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip 2>/dev/null || true
 "$venv/bin/python" -m pip install --quiet -e '.[dev]'

@@ -1,0 +1,232 @@
+"""The main job end to end: HTTP submit → server → agent → containers on a real engine.
+
+Issue #2. Everything here is real: the `gamepipeline` server and agent processes, gRPC over
+loopback, ansible-runner running community.docker against the Docker engine, SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from .conftest import ROOT, Process, Server
+
+pytestmark = pytest.mark.docker
+
+DEMO = ROOT / "pipelines" / "demo.yaml"
+DEMO_ENVS = {
+    "BEAGLE_WIND_ROOT": "/data/wind",
+    "BEAGLE_WIND_PASSWD": "pa$$ {{ 7 * 7 }} word",
+    "BEAGLE_WIND_TURN_HOST": "turn.test.internal",
+    "BEAGLE_WIND_TURN_PORT": "3478",
+    "BEAGLE_WIND_TURN_PROTOCOL": "udp",
+    "BEAGLE_WIND_TURN_USERNAME": "turn-user",
+    "BEAGLE_WIND_TURN_PASSWORD": "turn-secret",
+    "S3_ACCESS_KEY": "ak",
+    "S3_SECRET_KEY": "sk",
+    "S3_BUCKET": "bucket",
+    "S3_URL": "http://127.0.0.1:9000",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def demo_args(port: int) -> dict[str, str]:
+    return {
+        "PLATFORM": "steam",
+        "INSTANCE": "it-1",
+        "IMAGE": "game-server:latest",
+        "PORT": str(port),
+        "HOSTNAME": "gamenode-it",
+    }
+
+
+def env_of(container: Any) -> dict[str, str]:
+    pairs = (item.partition("=") for item in container.attrs["Config"]["Env"])
+    return {key: value for key, _, value in pairs}
+
+
+def step_states(pipeline: dict[str, Any]) -> list[str]:
+    return [step["state"] for step in pipeline["steps"]]
+
+
+@pytest.fixture
+def fresh_demo_containers(
+    docker_client: docker.DockerClient, cleanup_containers: list[str]
+) -> None:
+    """The demo names its containers; a demo left running must not stand in the way."""
+    for name in ("game-db", "game-server"):
+        cleanup_containers.append(name)
+        try:
+            docker_client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def test_demo_pipeline_runs_game_containers_as_configured(
+    server: Server,
+    agent: Process,
+    node_id: str,
+    docker_client: docker.DockerClient,
+    fresh_demo_containers: None,
+) -> None:
+    port = free_port()
+    pipeline_id = server.api.submit(
+        DEMO.read_text(), args=demo_args(port), envs=DEMO_ENVS, node=node_id
+    )
+
+    final = server.api.wait(pipeline_id, timeout=180)
+    assert final["state"] == "completed", final
+    assert step_states(final) == ["completed", "completed"]
+
+    game = docker_client.containers.get("game-server")
+    assert game.attrs["State"]["Running"] is True
+    assert game.attrs["Config"]["Hostname"] == "gamenode-it"
+    env = env_of(game)
+    assert env["DISPLAY_SIZEW"] == "1920"
+    assert env["SELKIES_FRAMERATE"] == "30"
+    assert env["SELKIES_ENABLE_RESIZE"] == "false"
+    assert env["PASSWD"] == "pa$$ {{ 7 * 7 }} word"
+    assert env["SELKIES_TURN_PASSWORD"] == "turn-secret"
+    host = game.attrs["HostConfig"]
+    assert "/data/game:/app/data" in host["Binds"]
+    assert host["Tmpfs"] == {"/dev/shm": "rw"}
+    assert host["CapAdd"] == ["SYS_RAWIO"] or "CAP_SYS_RAWIO" in host["CapAdd"]
+    assert "seccomp=unconfined" in host["SecurityOpt"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+        assert b"stand-in game server" in resp.read()
+
+    db = docker_client.containers.get("game-db")
+    assert db.attrs["State"]["Running"] is True
+    assert env_of(db)["MYSQL_ROOT_PASSWORD"] == "secret"
+    assert db.labels["io.beaglewind.gamepipeline.pipeline"] == pipeline_id
+
+
+def test_failing_commands_step_fails_pipeline_and_skips_the_rest(
+    server: Server, agent: Process, node_id: str, cleanup_containers: list[str]
+) -> None:
+    document = {
+        "name": "exit-three",
+        "steps": [
+            {
+                "name": "prepare",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "commands": ["echo preparing"],
+                },
+            },
+            {
+                "name": "break",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "commands": ["echo about to fail", "exit 3", "echo never printed"],
+                },
+            },
+            {
+                "name": "never",
+                "type": "service",
+                "container": {"image": "gamepipeline/stand-in:busybox"},
+            },
+        ],
+    }
+    pipeline_id = server.api.submit(yaml.safe_dump(document), node=node_id)
+
+    final = server.api.wait(pipeline_id, timeout=120)
+
+    assert final["state"] == "failed", final
+    assert step_states(final) == ["completed", "failed", "skipped"]
+    broken = final["steps"][1]
+    assert broken["exit_code"] == 3
+    assert "about to fail" in broken["output_tail"] + broken["message"]
+    assert "never printed" not in broken["output_tail"] + broken["message"]
+
+
+@pytest.mark.parametrize(
+    ("document", "args", "path"),
+    [
+        pytest.param(
+            {"name": "x", "steps": [{"name": "s", "container": {"image": "a", "imgae": "b"}}]},
+            {},
+            "steps[0].container.imgae",
+            id="unknown-field",
+        ),
+        pytest.param(
+            {"name": "x", "steps": [{"name": "s", "container": {"image": "${{ args.TAG }}"}}]},
+            {},
+            "steps[0].container.image",
+            id="undeclared-arg",
+        ),
+        pytest.param(
+            {
+                "name": "x",
+                "args": ["TAG"],
+                "steps": [{"name": "s", "container": {"image": "img:${{ args.TAG }}"}}],
+            },
+            {},
+            "args.TAG",
+            id="arg-missing-at-submission",
+        ),
+    ],
+)
+def test_bad_document_answers_400_naming_the_place_and_stores_nothing(
+    server: Server, document: dict[str, Any], args: dict[str, str], path: str
+) -> None:
+    before = server.api.request("GET", "/api/pipelines")[2]
+    body = json.dumps({"pipeline": document, "args": args}).encode()
+
+    status, _, answer = server.api.request("POST", "/api/pipelines", body)
+
+    assert status == 400, answer
+    assert any(p["path"] == path for p in answer["problems"]), answer
+    assert server.api.request("GET", "/api/pipelines")[2] == before
+
+
+def test_design_document_curl_command_submits_a_pipeline(
+    server: Server, tmp_path: Path
+) -> None:
+    """§4.2 posts the file with `curl -d @pipeline.yaml` and a JSON content type."""
+    document = {
+        "name": "curl",
+        "args": ["GREETING"],
+        "steps": [
+            {
+                "name": "hello",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "command": ["echo", "${{ args.GREETING }}"],
+                },
+            }
+        ],
+    }
+    as_json = tmp_path / "pipeline.yaml"
+    as_json.write_text(json.dumps(document, indent=2))
+    url = f"http://127.0.0.1:{server.http_port}/api/pipelines?arg.GREETING=hi"
+
+    done = subprocess.run(
+        ["curl", "-sS", "-i", "-X", "POST", url,
+         "-H", "Content-Type: application/json", "-d", f"@{as_json}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+    head, _, body = done.stdout.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 201"), done.stdout
+    pipeline_id = json.loads(body)["id"]
+    assert f"Location: /api/pipelines/{pipeline_id}" in head or (
+        f"/api/pipelines/{pipeline_id}" in head
+    )
+    stored = server.api.pipeline(pipeline_id)
+    assert stored["name"] == "curl"
+    assert [s["name"] for s in stored["steps"]] == ["hello"]
