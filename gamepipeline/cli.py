@@ -6,8 +6,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+import yaml
 
 from gamepipeline import __version__
 
@@ -37,68 +39,171 @@ def main() -> None:
     """Turn pipeline templates into running game containers on GameNodes."""
 
 
+def _config_file(path: str | None, known: frozenset[str]) -> dict[str, Any]:
+    """Read a YAML configuration file; every key must be one the command knows."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise click.BadParameter(f"cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise click.BadParameter(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of settings")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise click.BadParameter(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return data
+
+
+def _mapping(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"{where} must be a mapping of KEY: VALUE")
+    return {str(k): _text(v) for k, v in value.items()}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+SERVER_SETTINGS = frozenset({"grpc", "http", "db"})
+AGENT_SETTINGS = frozenset(
+    {"server", "node_id", "hostname", "capacity", "labels", "envs", "work_dir",
+     "heartbeat_interval", "token", "policy"}
+)  # fmt: skip
+
+
 @main.command()
-@click.option("--grpc", "grpc_address", default="0.0.0.0:50051", show_default=True,
-              help="Address agents connect to (HOST:PORT; port 0 picks a free one).")
-@click.option("--http", "http_address", default="0.0.0.0:8080", show_default=True,
-              help="Address of the HTTP API (HOST:PORT; port 0 picks a free one).")
-@click.option("--db", "db_path", default="gamepipeline.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite database file.")
-@click.option("--port-file", type=click.Path(dir_okay=False),
-              help='Write {"grpc": PORT, "http": PORT} here once both listen.')
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML file with grpc, http and db; options given here win.",
+)
+@click.option(
+    "--grpc",
+    "grpc_address",
+    help="Address agents connect to, HOST:PORT (port 0 picks a free one). "
+    "[default: 0.0.0.0:50051]",
+)
+@click.option(
+    "--http",
+    "http_address",
+    help="Address of the HTTP API, HOST:PORT (port 0 picks a free one). "
+    "[default: 0.0.0.0:8080]",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False),
+    help="SQLite database file. [default: gamepipeline.db]",
+)
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False),
+    help='Write {"grpc": PORT, "http": PORT} here once both listen.',
+)
 @click.option("--log-level", default="info", show_default=True)
 def server(
-    grpc_address: str,
-    http_address: str,
-    db_path: str,
+    config_path: str | None,
+    grpc_address: str | None,
+    http_address: str | None,
+    db_path: str | None,
     port_file: str | None,
     log_level: str,
 ) -> None:
     """Run the server: gRPC for agents, HTTP for the platform."""
     from gamepipeline.server.app import serve
 
+    config = _config_file(config_path, SERVER_SETTINGS)
     _setup_logging(log_level)
     serve(
-        db_path=db_path,
-        grpc_address=grpc_address,
-        http_address=http_address,
+        db_path=db_path or config.get("db", "gamepipeline.db"),
+        grpc_address=grpc_address or config.get("grpc", "0.0.0.0:50051"),
+        http_address=http_address or config.get("http", "0.0.0.0:8080"),
         port_file=port_file,
     )
 
 
 @main.command()
-@click.option("--server", "server_address", required=True, help="Server's gRPC HOST:PORT.")
-@click.option("--node-id", required=True, help="This GameNode's id in the fleet.")
-@click.option("--capacity", default=4, show_default=True, type=click.IntRange(1),
-              help="Pipelines run at once.")
-@click.option("--label", "labels", multiple=True, help="Node label KEY=VALUE (repeatable).")
-@click.option("--env", "envs", multiple=True,
-              help="Node-local env KEY=VALUE; wins over submitted values (repeatable).")
-@click.option("--work-dir", default="/var/lib/gamepipeline-agent", show_default=True,
-              type=click.Path(file_okay=False), help="Where private run dirs are made.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML file with server, node_id, capacity, labels, envs, work_dir; "
+    "options given here win.",
+)
+@click.option("--server", "server_address", help="Server's gRPC HOST:PORT.")
+@click.option("--node-id", help="This GameNode's id in the fleet.")
+@click.option(
+    "--capacity", type=click.IntRange(1), help="Pipelines run at once. [default: 4]"
+)
+@click.option(
+    "--label", "labels", multiple=True, help="Node label KEY=VALUE (repeatable)."
+)
+@click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    help="Node-local env KEY=VALUE; wins over submitted values (repeatable).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    help="Where private run dirs are made. [default: /var/lib/gamepipeline-agent]",
+)
 @click.option("--log-level", default="info", show_default=True)
 def agent(
-    server_address: str,
-    node_id: str,
-    capacity: int,
+    config_path: str | None,
+    server_address: str | None,
+    node_id: str | None,
+    capacity: int | None,
     labels: tuple[str, ...],
     envs: tuple[str, ...],
-    work_dir: str,
+    work_dir: str | None,
     log_level: str,
 ) -> None:
     """Run the agent of one GameNode."""
     from gamepipeline.agent.app import AgentConfig, run_agent
 
+    config = _config_file(config_path, AGENT_SETTINGS)
+    server_address = server_address or config.get("server")
+    node_id = node_id or config.get("node_id")
+    if not server_address:
+        raise click.UsageError(
+            "no server address: give --server or `server:` in --config"
+        )
+    if not node_id:
+        raise click.UsageError("no node id: give --node-id or `node_id:` in --config")
+    settings: dict[str, Any] = {}
+    if "hostname" in config:
+        settings["hostname"] = str(config["hostname"])
+    if "heartbeat_interval" in config:
+        settings["heartbeat_interval"] = float(config["heartbeat_interval"])
     _setup_logging(log_level)
-    config = AgentConfig(
-        server_address=server_address,
-        node_id=node_id,
-        capacity=capacity,
-        labels=_pairs(labels, "--label"),
-        envs=_pairs(envs, "--env"),
-        work_dir=Path(work_dir),
+    run_agent(
+        AgentConfig(
+            server_address=str(server_address),
+            node_id=str(node_id),
+            capacity=capacity or int(config.get("capacity", 4)),
+            labels={
+                **_mapping(config.get("labels"), "labels"),
+                **_pairs(labels, "--label"),
+            },
+            envs={**_mapping(config.get("envs"), "envs"), **_pairs(envs, "--env")},
+            work_dir=Path(
+                work_dir or config.get("work_dir", "/var/lib/gamepipeline-agent")
+            ),
+            **settings,
+        )
     )
-    run_agent(config)
 
 
 @main.command()
@@ -126,7 +231,9 @@ def validate(files: tuple[str, ...]) -> None:
 @click.option("--arg", "args", multiple=True, help="Arg KEY=VALUE (repeatable).")
 @click.option("--env", "envs", multiple=True, help="Env KEY=VALUE (repeatable).")
 @click.option("--pipeline-id", default="compiled", show_default=True)
-def compile_(file: str, args: tuple[str, ...], envs: tuple[str, ...], pipeline_id: str) -> None:
+def compile_(
+    file: str, args: tuple[str, ...], envs: tuple[str, ...], pipeline_id: str
+) -> None:
     """Print the Ansible playbook a template compiles to."""
     from gamepipeline.pipeline import (
         ValidationError,
@@ -144,7 +251,9 @@ def compile_(file: str, args: tuple[str, ...], envs: tuple[str, ...], pipeline_i
         for problem in err.problems:
             click.echo(f"{file}:{problem.path}: {problem.message}", err=True)
         sys.exit(1)
-    click.echo(render_playbook(compile_playbook(bound, pipeline_id=pipeline_id)), nl=False)
+    click.echo(
+        render_playbook(compile_playbook(bound, pipeline_id=pipeline_id)), nl=False
+    )
 
 
 @main.command()

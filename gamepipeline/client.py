@@ -80,7 +80,9 @@ class ApiClient:
 
     def nodes(self) -> list[dict[str, Any]]:
         result = self._checked("GET", "/api/nodes")
-        nodes: list[dict[str, Any]] = result["nodes"] if isinstance(result, dict) else result
+        nodes: list[dict[str, Any]] = (
+            result["nodes"] if isinstance(result, dict) else result
+        )
         return nodes
 
     def wait(

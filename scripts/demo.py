@@ -99,7 +99,9 @@ def wait_for(what: str, check: Any, timeout: float, log: str) -> Any:
             return result
         time.sleep(0.2)
     tail = (STATE_DIR / log).read_text(errors="replace").splitlines()[-20:]
-    sys.exit(f"demo: {what} within {timeout:.0f} s; last lines of {log}:\n" + "\n".join(tail))
+    sys.exit(
+        f"demo: {what} within {timeout:.0f} s; last lines of {log}:\n" + "\n".join(tail)
+    )
 
 
 def show(pipeline: dict[str, Any]) -> None:
@@ -133,36 +135,72 @@ def main() -> int:
     exe = executable()
     ports_file = STATE_DIR / "ports.json"
     ports_file.unlink(missing_ok=True)
-    start("server", [exe, "server", "--grpc", GRPC_ADDRESS, "--http", HTTP_ADDRESS,
-                     "--db", str(STATE_DIR / "gamepipeline.db"), "--port-file", str(ports_file)])
+    start(
+        "server",
+        [
+            exe,
+            "server",
+            "--grpc",
+            GRPC_ADDRESS,
+            "--http",
+            HTTP_ADDRESS,
+            "--db",
+            str(STATE_DIR / "gamepipeline.db"),
+            "--port-file",
+            str(ports_file),
+        ],
+    )
     wait_for("the server did not listen", ports_file.exists, 30, "server.log")
     ports = json.loads(ports_file.read_text())
     client = ApiClient(f"http://127.0.0.1:{ports['http']}")
     print(f"demo: server up (HTTP {ports['http']}, gRPC {ports['grpc']})")
 
-    start("agent", [exe, "agent", "--server", f"127.0.0.1:{ports['grpc']}",
-                    "--node-id", NODE_ID, "--work-dir", str(STATE_DIR / "agent")])
+    start(
+        "agent",
+        [
+            exe,
+            "agent",
+            "--server",
+            f"127.0.0.1:{ports['grpc']}",
+            "--node-id",
+            NODE_ID,
+            "--work-dir",
+            str(STATE_DIR / "agent"),
+        ],
+    )
     wait_for(
         "the agent did not connect",
-        lambda: any(n["node_id"] == NODE_ID and n["state"] == "online" for n in client.nodes()),
+        lambda: any(
+            n["node_id"] == NODE_ID and n["state"] == "online" for n in client.nodes()
+        ),
         30,
         "agent.log",
     )
     print(f"demo: agent {NODE_ID} connected")
 
     started = time.monotonic()
-    pipeline_id = client.submit(template.read_text(), args=values["args"],
-                                envs=values["envs"], node=NODE_ID)
+    pipeline_id = client.submit(
+        template.read_text(), args=values["args"], envs=values["envs"], node=NODE_ID
+    )
     print(f"demo: submitted {template.relative_to(ROOT)} as pipeline {pipeline_id}")
     final = client.wait(pipeline_id, timeout=300)
     show(final)
     print(f"\nfinished in {time.monotonic() - started:.1f} s; its containers:")
-    subprocess.run(["docker", "ps", "--filter",
-                    f"label=io.beaglewind.gamepipeline.pipeline={pipeline_id}",
-                    "--format", "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}"],
-                   check=False)
-    print(f"\nThe server and agent keep running: curl http://127.0.0.1:{ports['http']}"
-          f"/api/pipelines/{pipeline_id}\nStop them with `make demo-stop`; logs in var/demo/.")
+    subprocess.run(
+        [
+            "docker",
+            "ps",
+            "--filter",
+            f"label=io.beaglewind.gamepipeline.pipeline={pipeline_id}",
+            "--format",
+            "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}",
+        ],
+        check=False,
+    )
+    print(
+        f"\nThe server and agent keep running: curl http://127.0.0.1:{ports['http']}"
+        f"/api/pipelines/{pipeline_id}\nStop them with `make demo-stop`; logs in var/demo/."
+    )
     return 0 if final["state"] == "completed" else 1
 
 

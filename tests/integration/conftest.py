@@ -87,7 +87,8 @@ def start_server(workdir: Path, name: str = "server") -> Server:
     db_path = workdir / "gamepipeline.db"
     port_file = workdir / f"{name}-ports.json"
     port_file.unlink(missing_ok=True)
-    argv = gamepipeline_command() + [
+    argv = [
+        *gamepipeline_command(),
         "server",
         "--grpc", "127.0.0.1:0",
         "--http", "127.0.0.1:0",
@@ -112,7 +113,8 @@ def start_server(workdir: Path, name: str = "server") -> Server:
 def start_agent(
     workdir: Path, server: Server, node_id: str, *extra: str, name: str = "agent"
 ) -> Process:
-    argv = gamepipeline_command() + [
+    argv = [
+        *gamepipeline_command(),
         "agent",
         "--server", server.grpc_address,
         "--node-id", node_id,

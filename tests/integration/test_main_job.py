@@ -6,6 +6,7 @@ loopback, ansible-runner running community.docker against the Docker engine, SQL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -70,10 +71,8 @@ def fresh_demo_containers(
     """The demo names its containers; a demo left running must not stand in the way."""
     for name in ("game-db", "game-server"):
         cleanup_containers.append(name)
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(name).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def test_demo_pipeline_runs_game_containers_as_configured(
@@ -158,13 +157,19 @@ def test_failing_commands_step_fails_pipeline_and_skips_the_rest(
     ("document", "args", "path"),
     [
         pytest.param(
-            {"name": "x", "steps": [{"name": "s", "container": {"image": "a", "imgae": "b"}}]},
+            {
+                "name": "x",
+                "steps": [{"name": "s", "container": {"image": "a", "imgae": "b"}}],
+            },
             {},
             "steps[0].container.imgae",
             id="unknown-field",
         ),
         pytest.param(
-            {"name": "x", "steps": [{"name": "s", "container": {"image": "${{ args.TAG }}"}}]},
+            {
+                "name": "x",
+                "steps": [{"name": "s", "container": {"image": "${{ args.TAG }}"}}],
+            },
             {},
             "steps[0].container.image",
             id="undeclared-arg",
