@@ -9,7 +9,49 @@ Nothing in this package does I/O; it can be tested alone. The public API:
 - ``compile_playbook(bound, pipeline_id=...)`` builds the Ansible play (plain data) and
   ``render_playbook(play)`` writes it as YAML with every string marked ``!unsafe``.
 - ``step_index_of_task(task_name)`` maps a compiled task's name back to its step index.
+- ``json_schema()`` describes template documents for editors.
 
 Every user mistake raises ``ValidationError`` (a ``PipelineError``) listing each problem
-with its path.
+with its path. Write ``$${{`` for a literal ``${{`` in any value.
 """
+
+from .binding import BoundPipeline, bind
+from .compiler import (
+    LABEL_PIPELINE,
+    LABEL_SPEC,
+    LABEL_STEP,
+    LABEL_TEMPLATE,
+    compile_playbook,
+    container_name_of,
+    step_index_of_task,
+)
+from .documents import parse_document
+from .errors import PipelineError, Problem, ValidationError
+from .loading import load_template
+from .model import Container, DeviceRequest, Healthcheck, Step, Template
+from .render import render_playbook
+from .schema import json_schema
+
+__all__ = [
+    "LABEL_PIPELINE",
+    "LABEL_SPEC",
+    "LABEL_STEP",
+    "LABEL_TEMPLATE",
+    "BoundPipeline",
+    "Container",
+    "DeviceRequest",
+    "Healthcheck",
+    "PipelineError",
+    "Problem",
+    "Step",
+    "Template",
+    "ValidationError",
+    "bind",
+    "compile_playbook",
+    "container_name_of",
+    "json_schema",
+    "load_template",
+    "parse_document",
+    "render_playbook",
+    "step_index_of_task",
+]

@@ -1,0 +1,308 @@
+"""Compiling a bound pipeline into an Ansible play (plain data).
+
+The play has one host pattern (``all``), no fact gathering and, for each step, a few
+tasks whose names start with ``[step N]`` (N counts from 0, as in the gRPC contract):
+
+1. ``inspect``: ``docker_container_info`` on the step's container name;
+2. ``ownership``: fails when a container of that name exists without GamePipeline's
+   labels, and leaves it untouched;
+3. the step itself: ``docker_container``. A ``commands`` step runs its container to the
+   end (``detach: false``) and fails with the exit code and output; any other step starts
+   its container and leaves it running. A running container whose spec-hash label
+   matches is left alone (idempotent re-runs, even under a new pipeline id); one whose
+   hash differs is removed first (``replace``) and created anew;
+4. ``verify`` (services only): fails when the container is not running right after start.
+
+Values that come from templates, args or envs are never Jinja: ``render_playbook``
+marks them ``!unsafe``. Only the conditionals written here are templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from . import grammar
+from .binding import BoundPipeline
+from .errors import Problem, ValidationError
+from .model import Container, Step
+
+LABEL_PREFIX = "io.beaglewind.gamepipeline."
+LABEL_PIPELINE = LABEL_PREFIX + "pipeline"
+LABEL_STEP = LABEL_PREFIX + "step"
+LABEL_TEMPLATE = LABEL_PREFIX + "template"
+LABEL_SPEC = LABEL_PREFIX + "spec"
+
+DOCKER_CONTAINER = "community.docker.docker_container"
+DOCKER_CONTAINER_INFO = "community.docker.docker_container_info"
+FAIL = "ansible.builtin.fail"
+
+_MARKER = re.compile(r"^\[step (\d+)\]")
+_PIPELINE_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def task_name(index: int, step_name: str, part: str | None = None) -> str:
+    """The name of a step's task: ``[step 2] 启动游戏服务器`` (+ ``: part``)."""
+    name = f"[step {index}] {step_name}"
+    return name if part is None else f"{name}: {part}"
+
+
+def step_index_of_task(task_name: str) -> int | None:
+    """The step index in a compiled task's name, or None for other tasks."""
+    match = _MARKER.match(task_name or "")
+    return int(match.group(1)) if match else None
+
+
+def container_name_of(step: Step, index: int, pipeline_id: str) -> str:
+    """The container's name: its ``container_name`` or ``gp-<pipeline_id>-<index>``."""
+    return step.container.container_name or f"gp-{pipeline_id}-{index}"
+
+
+def compile_playbook(bound: BoundPipeline, *, pipeline_id: str) -> list[dict[str, Any]]:
+    """The playbook for one run of ``bound``: a list with one play, as plain data."""
+    if not _PIPELINE_ID.match(pipeline_id):
+        raise ValidationError(
+            [
+                Problem(
+                    "pipeline_id",
+                    f'"{pipeline_id}" cannot be part of a container name; use '
+                    "letters, digits, _ . - starting with a letter or digit",
+                )
+            ]
+        )
+    template_name = bound.template.model or bound.template.name
+    tasks: list[dict[str, Any]] = []
+    for index, step in enumerate(bound.steps):
+        tasks.extend(_step_tasks(step, index, pipeline_id, template_name))
+    return [
+        {
+            "name": f"GamePipeline {pipeline_id}: {bound.resolved.name}",
+            "hosts": "all",
+            "gather_facts": False,
+            "tasks": tasks,
+        }
+    ]
+
+
+def _step_tasks(
+    step: Step, index: int, pipeline_id: str, template_name: str
+) -> list[dict[str, Any]]:
+    name = container_name_of(step, index, pipeline_id)
+    args = container_args(step.container)
+    spec = spec_hash(args, step)
+    args["name"] = name
+    args["labels"] = {
+        **step.container.labels,
+        LABEL_PIPELINE: pipeline_id,
+        LABEL_STEP: str(index),
+        LABEL_TEMPLATE: template_name,
+        LABEL_SPEC: spec,
+    }
+
+    existing = f"gp_step_{index}_existing"
+    labels = f"({existing}.container.Config.Labels | default({{}}, true))"
+    foreign = f"{existing}.exists and '{LABEL_PIPELINE}' not in {labels}"
+    same = f"({labels}['{LABEL_SPEC}'] | default('')) == '{spec}'"
+    running = f"{existing}.container.State.Running"
+
+    tasks: list[dict[str, Any]] = [
+        {
+            "name": task_name(index, step.name, "inspect"),
+            DOCKER_CONTAINER_INFO: {"name": name},
+            "register": existing,
+        },
+        {
+            "name": task_name(index, step.name, "ownership"),
+            FAIL: {
+                "msg": "a container named {{ gp_container }} already exists and was "
+                "not created by GamePipeline; it is left untouched: remove or rename "
+                "it, or give this step another container_name"
+            },
+            "vars": {"gp_container": name},
+            "when": foreign,
+        },
+    ]
+
+    main: dict[str, Any] = {"name": task_name(index, step.name)}
+    if step.runs_to_completion:
+        args.update(state="started", detach=False, cleanup=True, recreate=True)
+        main["when"] = f"not ({foreign})"
+    else:
+        healthy = step.container.healthcheck is not None and not (
+            step.container.healthcheck.disable
+        )
+        args.update(state="healthy" if healthy else "started", detach=True)
+        tasks.append(
+            {
+                "name": task_name(index, step.name, "replace"),
+                DOCKER_CONTAINER: {"name": name, "state": "absent"},
+                "when": f"{existing}.exists and not ({foreign}) and not ({same})",
+            }
+        )
+        main["when"] = (
+            f"not ({foreign}) and not ({existing}.exists and {same} and {running})"
+        )
+    main[DOCKER_CONTAINER] = args
+    _add_step_controls(main, step, index)
+    tasks.append(main)
+
+    if not step.runs_to_completion:
+        tasks.extend(_verify_tasks(step, index, name, foreign))
+    if step.continue_on_error:
+        for task in tasks:
+            task["ignore_errors"] = True
+    return tasks
+
+
+def _verify_tasks(
+    step: Step, index: int, name: str, foreign: str
+) -> list[dict[str, Any]]:
+    after = f"gp_step_{index}_after"
+    return [
+        {
+            "name": task_name(index, step.name, "verify"),
+            DOCKER_CONTAINER_INFO: {"name": name},
+            "register": after,
+            "when": f"not ({foreign})",
+        },
+        {
+            "name": task_name(index, step.name, "running"),
+            FAIL: {
+                "msg": "the container {{ gp_container }} is not running right after "
+                "start (status {{ "
+                + after
+                + ".container.State.Status | default('gone') "
+                "}}, exit code {{ "
+                + after
+                + ".container.State.ExitCode | default('none') "
+                "}})"
+            },
+            "vars": {"gp_container": name},
+            "when": f"not ({foreign}) and not ({after}.exists and "
+            f"{after}.container.State.Running)",
+        },
+    ]
+
+
+def _add_step_controls(task: dict[str, Any], step: Step, index: int) -> None:
+    if step.timeout_seconds is not None:
+        task["timeout"] = max(1, math.ceil(step.timeout_seconds))
+    if step.retries:
+        result = f"gp_step_{index}_result"
+        task["register"] = result
+        task["retries"] = step.retries
+        delay = (
+            5.0
+            if step.retry_delay is None
+            else grammar.parse_duration(step.retry_delay)
+        )
+        task["delay"] = max(0, math.ceil(delay))
+        task["until"] = f"{result} is succeeded"
+
+
+def spec_hash(args: dict[str, Any], step: Step) -> str:
+    """A short hash of everything that shapes the container (not its pipeline id)."""
+    spec = {"container": args, "type": step.type, "labels": step.container.labels}
+    text = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def container_args(container: Container) -> dict[str, Any]:
+    """``docker_container`` options for a container spec (without name and labels)."""
+    c = container
+    args: dict[str, Any] = {
+        "image": c.image,
+        "pull": "missing",
+        "command_handling": "correct",
+    }
+    optional: dict[str, Any] = {
+        "hostname": c.hostname,
+        "privileged": c.privileged,
+        "security_opts": c.security_opt or None,
+        "capabilities": c.cap_add or None,
+        "tmpfs": c.tmpfs or None,
+        "devices": [":".join(grammar.parse_device(d)) for d in c.devices] or None,
+        "volumes": c.volumes or None,
+        "published_ports": c.ports or None,
+        "env": dict(c.environment) or None,
+        "shm_size": c.shm_size,
+        "network_mode": c.network_mode,
+        "ipc_mode": c.ipc,
+        "user": c.user,
+        "working_dir": c.working_dir,
+        "runtime": c.runtime,
+        "dns_servers": c.dns or None,
+        "memory": c.mem_limit,
+        "cpus": c.cpus,
+    }
+    args.update({k: v for k, v in optional.items() if v is not None})
+
+    if c.commands is not None:
+        args["entrypoint"] = ["/bin/sh", "-c"]
+        args["command"] = [grammar.script_of(c.commands)]
+    else:
+        if c.command is not None:
+            args["command"] = grammar.split_command(c.command)
+        if c.entrypoint is not None:
+            args["entrypoint"] = grammar.split_command(c.entrypoint)
+
+    requests = _device_requests(c)
+    if requests:
+        args["device_requests"] = requests
+    if c.restart is not None:
+        policy, _, count = c.restart.partition(":")
+        args["restart_policy"] = policy
+        if count:
+            args["restart_retries"] = int(count)
+    if c.ulimits:
+        args["ulimits"] = [f"{k}:{v.soft}:{v.hard}" for k, v in c.ulimits.items()]
+    if c.extra_hosts:
+        hosts = (h.replace("=", ":", 1).partition(":") for h in c.extra_hosts)
+        args["etc_hosts"] = {host: address for host, _, address in hosts}
+    if c.stop_grace_period is not None:
+        seconds = grammar.parse_duration(c.stop_grace_period)
+        args["stop_timeout"] = max(0, math.ceil(seconds))
+    if c.healthcheck is not None:
+        args["healthcheck"] = _healthcheck(c)
+    return args
+
+
+def _device_requests(c: Container) -> list[dict[str, Any]]:
+    if c.deploy is None or c.deploy.resources is None:
+        return []
+    reservations = c.deploy.resources.reservations
+    if reservations is None:
+        return []
+    requests = []
+    for device in reservations.devices:
+        request: dict[str, Any] = {"capabilities": [list(device.capabilities)]}
+        if device.driver is not None:
+            request["driver"] = device.driver
+        if device.device_ids:
+            request["device_ids"] = list(device.device_ids)
+        else:
+            request["count"] = -1 if device.count in (None, "all") else device.count
+        if device.options:
+            request["options"] = dict(device.options)
+        requests.append(request)
+    return requests
+
+
+def _healthcheck(c: Container) -> dict[str, Any]:
+    check = c.healthcheck
+    assert check is not None
+    if check.disable:
+        return {"test": ["NONE"]}
+    result: dict[str, Any] = {}
+    if check.test is not None:
+        result["test"] = check.test
+    for key in ("interval", "timeout", "start_period"):
+        value = getattr(check, key)
+        if value is not None:
+            result[key] = value
+    if check.retries is not None:
+        result["retries"] = check.retries
+    return result

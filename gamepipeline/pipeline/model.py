@@ -1,0 +1,606 @@
+"""The template model: what a pipeline document may say, checked field by field.
+
+Validation runs in one of two modes, chosen by the validation context:
+
+- a *template* (``context={"bound": False}``, the default): values that still hold a
+  ``${{ … }}`` expression are only type-checked, since their final text is not known;
+- a *bound* pipeline (``context={"bound": True}``): every value is final and every
+  grammar rule applies.
+
+Field validators raise ``GrammarError`` so that one field can report several problems,
+each with its own path (``ports[1]``, ``environment.KEY``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from . import grammar
+from .errors import GrammarError
+from .expressions import has_expression
+
+RESERVED_LABEL_PREFIX = "io.beaglewind.gamepipeline."
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _bound(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("bound"))
+
+
+def _final(value: str, info: ValidationInfo) -> bool:
+    """Whether a string's grammar can be checked now."""
+    return _bound(info) or not has_expression(value)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text_list(
+    value: Any,
+    info: ValidationInfo,
+    check: Any = None,
+    *,
+    numbers: bool = False,
+    what: str = "text",
+) -> list[str]:
+    """A list of strings, each checked by ``check`` when its text is final."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, list):
+        raise GrammarError.one(f"expected a list of {what}, got {_describe(value)}")
+    problems: list[tuple[str, str]] = []
+    items: list[str] = []
+    for index, item in enumerate(value):
+        if numbers and isinstance(item, int) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str):
+            problems.append((f"[{index}]", f"expected {what}, got {_describe(item)}"))
+            continue
+        if check is not None and _final(item, info):
+            try:
+                check(item)
+            except ValueError as err:
+                problems.append((f"[{index}]", str(err)))
+        items.append(item)
+    if problems:
+        raise GrammarError(problems)
+    return items
+
+
+def _text_map(value: Any, field: str, *, nulls: str) -> dict[str, str]:
+    """A map or ``KEY=VALUE`` list of scalars → ``dict[str, str]``."""
+    if value is None:
+        return {}
+    problems: list[tuple[str, str]] = []
+    result: dict[str, str] = {}
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or "=" not in item:
+                problems.append(
+                    (
+                        f"[{index}]",
+                        f"{_describe(item)} is not KEY=VALUE; write each {field} "
+                        "entry as KEY=VALUE, or use a mapping",
+                    )
+                )
+                continue
+            key, _, text = item.partition("=")
+            if not key:
+                problems.append((f"[{index}]", f'"{item}" has no name before "="'))
+            elif key in result:
+                problems.append((f"[{index}]", f'"{key}" is given twice; keep one'))
+            result[key] = text
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or "=" in key:
+                problems.append(
+                    ("", f"{_describe(key)} is not a {field} name; use text without =")
+                )
+                continue
+            if item is None:
+                problems.append((f".{key}", nulls.format(key=key)))
+                continue
+            try:
+                result[key] = grammar.scalar_text(item)
+            except ValueError as err:
+                problems.append((f".{key}", str(err)))
+    else:
+        raise GrammarError.one(
+            f"expected a mapping or a list of KEY=VALUE, got {_describe(value)}"
+        )
+    if problems:
+        raise GrammarError(problems)
+    return result
+
+
+class DeviceRequest(_Strict):
+    """One entry of ``deploy.resources.reservations.devices`` (a GPU request)."""
+
+    driver: str | None = None
+    count: int | Literal["all"] | None = None
+    device_ids: list[str] | None = None
+    capabilities: list[str]
+    options: dict[str, str] | None = None
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        if value is None or value == "all":
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise GrammarError.one(
+            f'{_describe(value)} is not a device count; write a number from 1 or "all"'
+        )
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _capabilities(cls, value: Any, info: ValidationInfo) -> list[str]:
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, list) for v in value)
+        ):
+            raise GrammarError.one(
+                "capabilities is one list of capabilities that must all be present; "
+                "write [gpu, utility], not a list of lists"
+            )
+        items = _text_list(value, info, what="capability names")
+        if not items:
+            raise GrammarError.one("name at least one capability, such as [gpu]")
+        return items
+
+    @model_validator(mode="after")
+    def _count_or_ids(self) -> DeviceRequest:
+        if self.count is not None and self.device_ids:
+            raise GrammarError.one(
+                "count and device_ids are both given, and the engine refuses both at "
+                "once; keep device_ids to pick GPUs, or count to take any",
+                ".count",
+            )
+        return self
+
+
+class Reservations(_Strict):
+    devices: list[DeviceRequest] = Field(default_factory=list)
+
+
+class Resources(_Strict):
+    reservations: Reservations | None = None
+
+
+class Deploy(_Strict):
+    resources: Resources | None = None
+
+
+class Ulimit(_Strict):
+    soft: int
+    hard: int
+
+
+class Healthcheck(_Strict):
+    """Compose's healthcheck: ``test`` plus timing."""
+
+    test: str | list[str] | None = None
+    interval: str | None = None
+    timeout: str | None = None
+    start_period: str | None = None
+    retries: int | None = None
+    disable: bool = False
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _test(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        return _text_list(value, info, what="command words")
+
+    @field_validator("interval", "timeout", "start_period", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        grammar.parse_duration(value)
+        return value if isinstance(value, str) else f"{value}s"
+
+
+_RESTART = ("no", "always", "unless-stopped", "on-failure")
+
+
+class Container(_Strict):
+    """A step's container, in Docker Compose's words."""
+
+    image: str
+    container_name: str | None = None
+    hostname: str | None = None
+    privileged: bool | None = None
+    deploy: Deploy | None = None
+    security_opt: list[str] = Field(default_factory=list)
+    cap_add: list[str] = Field(default_factory=list)
+    tmpfs: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)
+    ports: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    command: str | list[str] | None = None
+    entrypoint: str | list[str] | None = None
+    commands: list[str] | None = None
+    shm_size: str | None = None
+    restart: str | None = None
+    network_mode: str | None = None
+    ipc: str | None = None
+    user: str | None = None
+    working_dir: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    ulimits: dict[str, Ulimit] = Field(default_factory=dict)
+    runtime: str | None = None
+    extra_hosts: list[str] = Field(default_factory=list)
+    dns: list[str] = Field(default_factory=list)
+    mem_limit: str | None = None
+    cpus: float | None = None
+    stop_grace_period: str | None = None
+    healthcheck: Healthcheck | None = None
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and _final(value, info):
+            grammar.check_image(value)
+        return value
+
+    @field_validator("container_name", mode="before")
+    @classmethod
+    def _name(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and _final(value, info):
+            grammar.check_container_name(value)
+        return value
+
+    @field_validator("hostname", mode="before")
+    @classmethod
+    def _hostname(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and _final(value, info):
+            grammar.check_hostname(value)
+        return value
+
+    @field_validator("security_opt", "cap_add", "dns", mode="before")
+    @classmethod
+    def _plain_list(cls, value: Any, info: ValidationInfo) -> list[str]:
+        if isinstance(value, str) and info.field_name == "dns":
+            value = [value]
+        return _text_list(value, info)
+
+    @field_validator("tmpfs", mode="before")
+    @classmethod
+    def _tmpfs(cls, value: Any, info: ValidationInfo) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        return _text_list(value, info, grammar.parse_tmpfs, what="tmpfs mounts")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any, info: ValidationInfo) -> list[str]:
+        return _text_list(value, info, grammar.parse_device, what="device mappings")
+
+    @field_validator("volumes", mode="before")
+    @classmethod
+    def _volumes(cls, value: Any, info: ValidationInfo) -> list[str]:
+        return _text_list(value, info, grammar.parse_volume, what="volumes")
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any, info: ValidationInfo) -> list[str]:
+        return _text_list(
+            value, info, grammar.parse_port, numbers=True, what="port mappings"
+        )
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> dict[str, str]:
+        return _text_map(
+            value,
+            "environment",
+            nulls='{key} has no value; write {key}: "" for an empty value, or remove '
+            "the key",
+        )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> dict[str, str]:
+        labels = _text_map(
+            value, "label", nulls='label {key} has no value; write {key}: ""'
+        )
+        reserved = [k for k in labels if k.startswith(RESERVED_LABEL_PREFIX)]
+        if reserved:
+            raise GrammarError(
+                [
+                    (
+                        f".{k}",
+                        f"labels starting with {RESERVED_LABEL_PREFIX} are set "
+                        "by GamePipeline itself; choose another name",
+                    )
+                    for k in reserved
+                ]
+            )
+        return labels
+
+    @field_validator("command", "entrypoint", mode="before")
+    @classmethod
+    def _command(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if _final(value, info):
+                grammar.split_command(value)
+            return value
+        words = _text_list(value, info, numbers=True, what="command words")
+        if not words:
+            raise GrammarError.one(
+                "the list is empty; leave the field out to keep the image's own"
+            )
+        return words
+
+    @field_validator("commands", mode="before")
+    @classmethod
+    def _commands(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        lines = _text_list(value, info, what="shell lines")
+        if not lines:
+            raise GrammarError.one("commands is empty; give at least one shell line")
+        return lines
+
+    @field_validator("shm_size", "mem_limit", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        return grammar.parse_size(value)
+
+    @field_validator("stop_grace_period", mode="before")
+    @classmethod
+    def _grace(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        grammar.parse_duration(value)
+        return value if isinstance(value, str) else f"{value}s"
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise GrammarError.one(f"{_describe(value)} is not a CPU count; write 1.5")
+
+    @field_validator("user", mode="before")
+    @classmethod
+    def _user(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("working_dir", mode="before")
+    @classmethod
+    def _working_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and _final(value, info) and not value.startswith("/"):
+            raise GrammarError.one(f'"{value}" is relative; write an absolute path')
+        return value
+
+    @field_validator("restart", mode="before")
+    @classmethod
+    def _restart(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return None if value is None else "no"
+        if isinstance(value, str):
+            policy, _, count = value.partition(":")
+            if policy in _RESTART and (
+                not count or (policy == "on-failure" and count.isdigit())
+            ):
+                return value
+        raise GrammarError.one(
+            f"{_describe(value)} is not a restart policy; write no, always, "
+            "unless-stopped, on-failure or on-failure:N"
+        )
+
+    @field_validator("ulimits", mode="before")
+    @classmethod
+    def _ulimits(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise GrammarError.one(
+                f"expected a mapping of limits, got {_describe(value)}; write "
+                "nofile: {soft: 1024, hard: 4096} or nproc: 65535"
+            )
+        result: dict[str, Any] = {}
+        for name, limit in value.items():
+            if isinstance(limit, int) and not isinstance(limit, bool):
+                result[name] = {"soft": limit, "hard": limit}
+            else:
+                result[name] = limit
+        return result
+
+    @field_validator("extra_hosts", mode="before")
+    @classmethod
+    def _extra_hosts(cls, value: Any, info: ValidationInfo) -> list[str]:
+        if isinstance(value, dict):
+            value = [f"{k}:{v}" for k, v in value.items()]
+        return _text_list(value, info, _check_extra_host, what="HOST:IP entries")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Container:
+        problems: list[tuple[str, str]] = []
+        if self.shm_size is not None:
+            for index, entry in enumerate(self.tmpfs):
+                if entry.partition(":")[0].rstrip("/") == "/dev/shm":
+                    problems.append(
+                        (
+                            f".tmpfs[{index}]",
+                            f'"{entry}" mounts a tmpfs on /dev/shm while shm_size '
+                            f"({self.shm_size}) also sizes /dev/shm; keep one of them",
+                        )
+                    )
+        if self.commands is not None:
+            for other in ("command", "entrypoint"):
+                if getattr(self, other) is not None:
+                    problems.append(
+                        (
+                            f".{other}",
+                            f"{other} is given together with commands, which runs its "
+                            f"lines with /bin/sh; drop {other} or commands",
+                        )
+                    )
+        if problems:
+            raise GrammarError(problems)
+        return self
+
+
+def _check_extra_host(entry: str) -> None:
+    host, sep, address = entry.replace("=", ":", 1).partition(":")
+    if not sep or not host:
+        raise ValueError(f'"{entry}" is not HOST:IP; write game.local:10.0.0.5')
+    if address == "host-gateway":
+        return
+    try:
+        import ipaddress
+
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(
+            f'"{entry}" maps {host} to "{address}", which is not an IP address; '
+            "write HOST:IP or HOST:host-gateway"
+        ) from None
+
+
+def _duration_text(value: Any) -> Any:
+    if value is None:
+        return None
+    grammar.parse_duration(value)
+    return value if isinstance(value, str) else f"{value}s"
+
+
+class Step(_Strict):
+    """One step: a container run to completion (``commands``) or left running."""
+
+    name: str
+    type: Literal["container", "service"] = "container"
+    container: Container
+    timeout: str | None = None
+    retries: int = 0
+    retry_delay: str | None = None
+    continue_on_error: bool = False
+
+    @field_validator("timeout", "retry_delay", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _duration_text(value)
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _retries(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise GrammarError.one(
+            f"{_describe(value)} is not a number of retries; write 0 or more"
+        )
+
+    @model_validator(mode="after")
+    def _service_has_no_script(self) -> Step:
+        if self.type == "service" and self.container.commands is not None:
+            raise GrammarError.one(
+                "a service step keeps its container running, but commands runs a "
+                "script to its end; use type: container for commands, or command for "
+                "the service's process",
+                ".container.commands",
+            )
+        return self
+
+    @property
+    def runs_to_completion(self) -> bool:
+        """True for a ``commands`` step; False for a step that leaves a service up."""
+        return self.container.commands is not None
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else grammar.parse_duration(self.timeout)
+
+
+class Template(_Strict):
+    """A pipeline template as the design document defines it."""
+
+    id: str | None = None
+    model: str | None = None
+    name: str
+    description: str = ""
+    envs: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    steps: list[Step]
+    timeout: str | None = None
+
+    @field_validator("envs", "args", mode="before")
+    @classmethod
+    def _names(cls, value: Any, info: ValidationInfo) -> list[str]:
+        names = _text_list(value, info, _check_identifier, what="names")
+        problems = [
+            (f"[{i}]", f'"{n}" is declared twice; keep one')
+            for i, n in enumerate(names)
+            if n in names[:i]
+        ]
+        if problems:
+            raise GrammarError(problems)
+        return names
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise GrammarError.one("the pipeline has no steps; add at least one")
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _duration_text(value)
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else grammar.parse_duration(self.timeout)
+
+    def to_document(self) -> dict[str, Any]:
+        """Canonical JSON-able data that ``load_template`` accepts back unchanged."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+def _check_identifier(name: str) -> None:
+    import re
+
+    if not re.match(_IDENTIFIER, name):
+        raise ValueError(
+            f'"{name}" is not a usable name; use letters, digits and _ , not starting '
+            "with a digit"
+        )
