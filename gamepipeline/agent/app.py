@@ -1,0 +1,240 @@
+"""The agent process: configuration, start and stop.
+
+``run_agent(config)`` is what ``gamepipeline agent`` calls: it blocks until SIGTERM or
+SIGINT. ``start_agent(config)`` starts the same agent in background threads and returns a
+``RunningAgent`` whose ``stop()`` ends it, for tests and embedding.
+
+When the agent stops, every run still going is ended by the agent itself: ansible-runner
+is stopped, the container of the step that had not finished is removed, and the pipeline
+fails with the reason AGENT_RESTARTED ("the agent stopped during step N"). Its reports are
+journaled and delivered if the server is reachable, or by the next agent started on the
+same work dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from gamepipeline.agent.config import AgentConfig
+from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
+from gamepipeline.agent.events import Report
+from gamepipeline.agent.reporter import Reporter
+from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
+from gamepipeline.proto import gamepipeline_pb2 as pb
+
+__all__ = [
+    "AgentConfig",
+    "AgentError",
+    "FatalConnectionError",
+    "RunningAgent",
+    "run_agent",
+    "start_agent",
+]
+
+log = logging.getLogger(__name__)
+
+STOP_RUNS_SECONDS = 30.0
+"""How long stopping the agent waits for its runs to wind down and clean up."""
+
+FLUSH_SECONDS = 5.0
+"""How long stopping the agent waits for the server to take the last reports."""
+
+
+class Agent:
+    """Takes pipelines in hand, runs them, cancels them; the connection's handler."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        reporter: Reporter,
+        janitor: ContainerJanitor | None = None,
+    ) -> None:
+        self._config = config
+        self._reporter = reporter
+        self._janitor = janitor or ContainerJanitor()
+        self._runs: dict[str, PipelineRun] = {}
+        self._lock = threading.Lock()
+        self._accepting = True
+
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._runs)
+
+    def handle_pipeline(self, pipeline: pb.GamePipeline) -> pb.PipelineAck:
+        node, pid = self._config.node_id, pipeline.id
+        with self._lock:
+            if pid in self._runs:
+                log.info("node %s: pipeline %s is already running here", node, pid)
+                return pb.PipelineAck(
+                    pipeline_id=pid, accepted=True, message="already running"
+                )
+            refusal = self._refusal()
+            if refusal:
+                log.warning("node %s: refusing pipeline %s: %s", node, pid, refusal)
+                return pb.PipelineAck(pipeline_id=pid, accepted=False, message=refusal)
+            run = PipelineRun(
+                pipeline,
+                runs_dir=self._config.runs_dir,
+                node_envs=self._config.envs,
+                emit=self._emit,
+                on_done=self._forget,
+                janitor=self._janitor,
+            )
+            self._runs[pid] = run
+        log.info("node %s: starting pipeline %s", node, pid)
+        run.start()
+        return pb.PipelineAck(pipeline_id=pid, accepted=True)
+
+    def _refusal(self) -> str:
+        if not self._accepting:
+            return f"node {self._config.node_id} is shutting down"
+        if len(self._runs) >= self._config.capacity:
+            return (
+                f"node {self._config.node_id} is at capacity "
+                f"({self._config.capacity} pipelines running)"
+            )
+        return ""
+
+    def handle_cancel(self, cancel: pb.CancelPipeline) -> None:
+        with self._lock:
+            run = self._runs.get(cancel.pipeline_id)
+        if run is None:
+            log.info(
+                "node %s: cancel for pipeline %s, which is not running here",
+                self._config.node_id,
+                cancel.pipeline_id,
+            )
+            return
+        log.info(
+            "node %s: canceling pipeline %s: %s",
+            self._config.node_id,
+            cancel.pipeline_id,
+            cancel.reason or "no reason given",
+        )
+        run.cancel(cancel.reason)
+
+    def shutdown(self, timeout: float) -> None:
+        """Refuse new pipelines, end the running ones, wait for them."""
+        with self._lock:
+            self._accepting = False
+            runs = list(self._runs.values())
+        for run in runs:
+            run.interrupt()
+        deadline = time.monotonic() + timeout
+        for run in runs:
+            run.join(max(0.0, deadline - time.monotonic()))
+
+    def _emit(self, pipeline_id: str, report: Report) -> None:
+        self._reporter.submit(pipeline_id, report)
+
+    def _forget(self, run: PipelineRun) -> None:
+        with self._lock:
+            if self._runs.get(run.pipeline_id) is run:
+                del self._runs[run.pipeline_id]
+
+
+class RunningAgent:
+    """An agent running in background threads; ``stop()`` ends it."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        self.reporter = Reporter(config.node_id, config.journal_dir)
+        self.agent = Agent(config, self.reporter)
+        self.connection = Connection(config, self.agent, self.reporter.set_stub)
+        self.error: AgentError | None = None
+        self._thread = threading.Thread(
+            target=self._connect, name="agent-connection", daemon=True
+        )
+        self._stopped = False
+
+    def start(self) -> None:
+        log.info(
+            "node %s: agent starting, server %s",
+            self.config.node_id,
+            self.config.server_address,
+        )
+        self.reporter.start()
+        self._thread.start()
+
+    def _connect(self) -> None:
+        try:
+            self.connection.run()
+        except AgentError as err:
+            self.error = err
+        except Exception as err:
+            log.exception("node %s: agent connection crashed", self.config.node_id)
+            self.error = AgentError(f"the agent's connection crashed: {err}")
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection gave up (see ``error``)."""
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the connection to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float = STOP_RUNS_SECONDS) -> None:
+        """End the runs, deliver what can be delivered, disconnect. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        node = self.config.node_id
+        log.info("node %s: agent stopping", node)
+        self.agent.shutdown(timeout)
+        if self.connection.connected.is_set() and not self.reporter.flush(
+            FLUSH_SECONDS
+        ):
+            log.warning(
+                "node %s: %d reports left in the journal for the next start",
+                node,
+                self.reporter.pending(),
+            )
+        self.connection.stop()
+        self._thread.join(timeout)
+        self.reporter.stop()
+        log.info("node %s: agent stopped", node)
+
+
+def start_agent(config: AgentConfig) -> RunningAgent:
+    """Start an agent in background threads and return it; call ``stop()`` to end it."""
+    agent = RunningAgent(config)
+    agent.start()
+    return agent
+
+
+def run_agent(config: AgentConfig) -> None:
+    """Run an agent until SIGTERM or SIGINT. Must be called from the main thread.
+
+    Raises:
+        FatalConnectionError: the server refused the agent for good (bad node id or
+            credentials, an unsupported protocol version, another agent with this node
+            id); retrying would not help.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info(
+            "node %s: received signal %s", config.node_id, signal.Signals(signum).name
+        )
+        stop.set()
+
+    previous = {
+        sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    agent = start_agent(config)
+    try:
+        while not stop.is_set() and agent.alive:
+            stop.wait(0.5)
+    finally:
+        agent.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if agent.error is not None:
+        raise agent.error

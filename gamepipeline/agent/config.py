@@ -1,0 +1,57 @@
+"""The agent's configuration."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gamepipeline import wire
+
+DEFAULT_HEARTBEAT_SECONDS = float(wire.HEARTBEAT_INTERVAL_SECONDS)
+"""Heartbeat interval until the server names its own in ``RegistrationAccepted``."""
+
+DEFAULT_CAPACITY = 4
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What one agent needs to know to serve its GameNode.
+
+    Attributes:
+        server_address: the server's gRPC ``HOST:PORT``.
+        node_id: this node's id, unique in the fleet.
+        hostname: reported at registration; the machine's host name by default.
+        labels: reported at registration; the server matches node selectors on them.
+        capacity: how many pipelines run at once; more are refused when offered.
+        work_dir: private run dirs and the report journal live here.
+        envs: node-local env values; they win over the values given at submission.
+        heartbeat_interval: seconds between heartbeats until the server names its own.
+    """
+
+    server_address: str
+    node_id: str
+    hostname: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    capacity: int = DEFAULT_CAPACITY
+    work_dir: Path = Path("/var/lib/gamepipeline-agent")
+    envs: dict[str, str] = field(default_factory=dict)
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_SECONDS
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            raise ValueError("node_id is empty; give each GameNode a unique id")
+        if self.capacity < 1:
+            raise ValueError(f"capacity {self.capacity} is below 1")
+        if self.heartbeat_interval <= 0:
+            raise ValueError(
+                f"heartbeat_interval {self.heartbeat_interval} is not positive"
+            )
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.work_dir) / "runs"
+
+    @property
+    def journal_dir(self) -> Path:
+        return Path(self.work_dir) / "journal"

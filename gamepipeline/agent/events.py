@@ -1,0 +1,467 @@
+"""Turns ansible-runner events into step and pipeline reports.
+
+This module does no I/O: the runner feeds it the event dicts that ansible-runner hands to
+its ``event_handler`` (``runner_on_start``, ``runner_on_ok``, ``runner_on_failed``,
+``runner_on_unreachable``, ``playbook_on_stats``, ``verbose``…) and, once the run is
+over, how the run ended. It answers with the reports to send, in order.
+
+Rules it keeps:
+
+- a step is running from the start of its first task; it is completed when its tasks are
+  done (a later step's task starts, or the play ends well);
+- a failed or unreachable task fails its step with the module's own message; for a step
+  whose container ran to its end, the exit code (the module's ``status``) and the last
+  lines of its output travel with it;
+- a task that ran out of its ``timeout`` fails with the reason TIMEOUT, never CANCELED;
+- steps after a failed, timed-out or canceled one are skipped;
+- the pipeline ends in exactly one of completed, failed or canceled, and a run that fails
+  before its first task still fails the pipeline with the first error line it printed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gamepipeline.proto import gamepipeline_pb2 as pb
+
+OUTPUT_TAIL_LINES = 20
+"""How many of a failed container's last output lines go into a report."""
+
+OUTPUT_TAIL_CHARS = 4096
+"""Upper bound on a report's output tail, so a chatty container cannot bloat a report."""
+
+MESSAGE_CHARS = 2048
+"""Upper bound on a report's message."""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ERROR_LINE = re.compile(r"^(\[ERROR\]:|ERROR!|fatal:)\s*")
+
+
+class RunOutcome(enum.Enum):
+    """How the ansible-runner process ended, as the runner saw it."""
+
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+    #: The agent stopped (or restarted) and ended the run itself.
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step_index: int
+    state: pb.StepState.ValueType
+    reason: pb.EndReason.ValueType = pb.END_REASON_UNSPECIFIED
+    message: str = ""
+    exit_code: int | None = None
+    output_tail: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    state: pb.PipelineState.ValueType
+    reason: pb.EndReason.ValueType = pb.END_REASON_UNSPECIFIED
+    message: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.state in _FINAL_PIPELINE_STATES
+
+
+Report = StepReport | PipelineReport
+
+_FINAL_PIPELINE_STATES = frozenset(
+    {
+        pb.PIPELINE_STATE_COMPLETED,
+        pb.PIPELINE_STATE_FAILED,
+        pb.PIPELINE_STATE_CANCELED,
+    }
+)
+_FINAL_STEP_STATES = frozenset(
+    {pb.STEP_STATE_COMPLETED, pb.STEP_STATE_FAILED, pb.STEP_STATE_SKIPPED}
+)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    step_index: int | None
+    reason: pb.EndReason.ValueType
+    message: str
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def tail(
+    text: str, lines: int = OUTPUT_TAIL_LINES, chars: int = OUTPUT_TAIL_CHARS
+) -> str:
+    """The last ``lines`` lines of ``text``, at most ``chars`` characters long."""
+    kept = "\n".join(text.rstrip("\n").splitlines()[-lines:])
+    return kept[-chars:]
+
+
+def first_error_line(lines: Iterable[str]) -> str | None:
+    """The first line Ansible marked as an error, else the first non-blank line."""
+    first_text: str | None = None
+    for raw in lines:
+        line = strip_ansi(raw).strip()
+        if not line:
+            continue
+        if _ERROR_LINE.match(line):
+            return _ERROR_LINE.sub("", line, count=1) or line
+        if first_text is None:
+            first_text = line
+    return first_text
+
+
+def _clip(message: str) -> str:
+    return (
+        message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 1] + "…"
+    )
+
+
+class EventTranslator:
+    """Follows one run's events and says which reports they call for.
+
+    Args:
+        step_names: the pipeline's steps, in order (their names go into messages).
+        step_of_task: maps a compiled task's name to its step index, or None for a task
+            that belongs to no step.
+        tasks_per_step: how many tasks each step has in the compiled play, when known;
+            a step is then completed as soon as its last task is done instead of when
+            the next step starts.
+    """
+
+    def __init__(
+        self,
+        step_names: Sequence[str],
+        step_of_task: Callable[[str], int | None],
+        tasks_per_step: Sequence[int] | None = None,
+    ) -> None:
+        self._names = list(step_names)
+        self._step_of_task = step_of_task
+        self._tasks_per_step = list(tasks_per_step) if tasks_per_step else None
+        self._states: list[pb.StepState.ValueType] = [pb.STEP_STATE_PENDING] * len(
+            self._names
+        )
+        self._tasks_done = [0] * len(self._names)
+        self._current: int | None = None
+        self._failure: _Failure | None = None
+        self._output: list[str] = []
+        self._started = False
+        self._finished = False
+
+    @property
+    def current_step(self) -> int | None:
+        """The step running now, if any."""
+        return self._current
+
+    @property
+    def failure_reason(self) -> pb.EndReason.ValueType | None:
+        return self._failure.reason if self._failure else None
+
+    @property
+    def timed_out_step(self) -> int | None:
+        """The step whose own timeout ran out, if one did."""
+        failure = self._failure
+        if failure is not None and failure.reason == pb.END_REASON_TIMEOUT:
+            return failure.step_index
+        return None
+
+    def unfinished_step(self) -> int | None:
+        """The step that started but has not ended: the one whose container a cancel
+        or a timeout must clean up."""
+        if self._current is None:
+            return None
+        return (
+            self._current
+            if self._states[self._current] not in _FINAL_STEP_STATES
+            else None
+        )
+
+    def start(self) -> list[Report]:
+        """The reports for a run that is about to start."""
+        if self._started:
+            return []
+        self._started = True
+        return [PipelineReport(pb.PIPELINE_STATE_RUNNING)]
+
+    def feed(self, event: Mapping[str, Any]) -> list[Report]:
+        """Reports called for by one ansible-runner event."""
+        if self._finished:
+            return []
+        stdout = event.get("stdout")
+        if isinstance(stdout, str) and stdout:
+            self._output.extend(stdout.splitlines())
+            del self._output[: -OUTPUT_TAIL_LINES * 10]
+
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        step = self._step_of(data)
+        if kind in ("playbook_on_task_start", "runner_on_start"):
+            return self._on_task_start(step)
+        if kind in ("runner_on_ok", "runner_on_skipped"):
+            return self._on_task_done(step)
+        if kind == "runner_on_failed":
+            if data.get("ignore_errors"):
+                return self._on_task_done(step)
+            return self._on_task_failed(step, data, unreachable=False)
+        if kind == "runner_on_unreachable":
+            return self._on_task_failed(step, data, unreachable=True)
+        return []
+
+    def finish(
+        self, outcome: RunOutcome, *, detail: str = "", output: Sequence[str] = ()
+    ) -> list[Report]:
+        """The closing reports once the run is over; the pipeline's final state is
+        always the last of them, and it comes exactly once.
+
+        Args:
+            outcome: how ansible-runner said the run ended.
+            detail: why it was canceled or timed out, for the messages.
+            output: the runner's stdout lines, for a run that failed without saying
+                why in its events.
+        """
+        if self._finished:
+            return []
+        self._finished = True
+        reports: list[Report] = list(self.start())
+
+        if outcome is RunOutcome.CANCELED and self._failure is None:
+            why = detail or "the pipeline was canceled"
+            reports += self._end_current(
+                pb.STEP_STATE_FAILED, pb.END_REASON_CANCELED, why
+            )
+            reports += self._skip_rest(pb.END_REASON_CANCELED, why)
+            reports.append(
+                PipelineReport(pb.PIPELINE_STATE_CANCELED, pb.END_REASON_CANCELED, why)
+            )
+            return reports
+
+        if outcome is RunOutcome.TIMEOUT and self._failure is None:
+            why = detail or "the pipeline ran out of time"
+            self._failure = _Failure(self._current, pb.END_REASON_TIMEOUT, why)
+            reports += self._end_current(
+                pb.STEP_STATE_FAILED, pb.END_REASON_TIMEOUT, why
+            )
+
+        if outcome is RunOutcome.INTERRUPTED and self._failure is None:
+            where = f"during step {self._current}" if self._current is not None else ""
+            why = " ".join(filter(None, [detail or "the agent stopped", where]))
+            self._failure = _Failure(self._current, pb.END_REASON_AGENT_RESTARTED, why)
+            reports += self._end_current(
+                pb.STEP_STATE_FAILED, pb.END_REASON_AGENT_RESTARTED, why
+            )
+
+        if self._failure is None and outcome is not RunOutcome.SUCCESSFUL:
+            reports += self._fail_without_event(output)
+
+        if self._failure is not None:
+            reports += self._skip_rest(self._failure.reason, self._skipped_because())
+            reports.append(
+                PipelineReport(
+                    pb.PIPELINE_STATE_FAILED,
+                    self._failure.reason,
+                    self._failure.message,
+                )
+            )
+            return reports
+
+        reports += self._end_current(pb.STEP_STATE_COMPLETED)
+        reports += self._skip_rest(
+            pb.END_REASON_UNSPECIFIED, "the step's tasks did not run"
+        )
+        reports.append(PipelineReport(pb.PIPELINE_STATE_COMPLETED))
+        return reports
+
+    def reject(self, message: str) -> list[Report]:
+        """The closing reports for a pipeline that could not be prepared on the node
+        (a document the pipeline language refuses): nothing ran, every step is skipped
+        and the pipeline fails with the reason REJECTED."""
+        if self._finished:
+            return []
+        self._finished = True
+        self._failure = _Failure(None, pb.END_REASON_REJECTED, _clip(message))
+        reports: list[Report] = list(self.start())
+        reports += self._skip_rest(
+            pb.END_REASON_REJECTED, "the pipeline was rejected on the node"
+        )
+        reports.append(
+            PipelineReport(
+                pb.PIPELINE_STATE_FAILED, pb.END_REASON_REJECTED, _clip(message)
+            )
+        )
+        return reports
+
+    # -- event handling ----------------------------------------------------------------
+
+    def _step_of(self, data: Mapping[str, Any]) -> int | None:
+        task = data.get("task")
+        if not isinstance(task, str):
+            return None
+        step = self._step_of_task(task)
+        if step is None or not 0 <= step < len(self._names):
+            return None
+        return step
+
+    def _on_task_start(self, step: int | None) -> list[Report]:
+        if step is None or self._failure is not None:
+            return []
+        if self._states[step] != pb.STEP_STATE_PENDING:
+            return []
+        reports = []
+        if self._current is not None and self._current != step:
+            reports += self._end_current(pb.STEP_STATE_COMPLETED)
+        # A step between the last one and this one whose tasks never started.
+        for index in range(step):
+            if self._states[index] == pb.STEP_STATE_PENDING:
+                reports.append(
+                    self._set(
+                        index,
+                        pb.STEP_STATE_SKIPPED,
+                        message="the step's tasks did not run",
+                    )
+                )
+        self._current = step
+        reports.append(self._set(step, pb.STEP_STATE_RUNNING))
+        return reports
+
+    def _on_task_done(self, step: int | None) -> list[Report]:
+        if step is None or self._states[step] != pb.STEP_STATE_RUNNING:
+            return []
+        self._tasks_done[step] += 1
+        if (
+            self._tasks_per_step
+            and self._tasks_done[step] >= self._tasks_per_step[step]
+        ):
+            return self._end_current(pb.STEP_STATE_COMPLETED)
+        return []
+
+    def _on_task_failed(
+        self, step: int | None, data: Mapping[str, Any], *, unreachable: bool
+    ) -> list[Report]:
+        res = data.get("res") or {}
+        action = str(data.get("task_action") or "")
+        if self._failure is not None:
+            return []
+        if step is None:
+            step = self._current
+        reason: pb.EndReason.ValueType = (
+            pb.END_REASON_TIMEOUT if res.get("timedout") else pb.END_REASON_STEP_FAILED
+        )
+        message, exit_code, output = _describe_failure(
+            res, action=action, unreachable=unreachable
+        )
+        where = f"step {step} ({self._names[step]})" if step is not None else "the play"
+        self._failure = _Failure(step, reason, _clip(f"{where} failed: {message}"))
+        if step is None:
+            return []
+        if self._states[step] == pb.STEP_STATE_PENDING:
+            self._current = step
+        return [
+            self._set(
+                step,
+                pb.STEP_STATE_FAILED,
+                reason,
+                _clip(message),
+                exit_code=exit_code,
+                output_tail=output,
+            )
+        ]
+
+    def _fail_without_event(self, output: Sequence[str]) -> list[Report]:
+        """A failed run whose events named no failed task: a playbook that did not
+        parse, a crash of ansible-playbook itself."""
+        line = first_error_line(output) or first_error_line(self._output)
+        message = line or "ansible-playbook failed before it reported any task"
+        step = self._current
+        if step is None:
+            self._failure = _Failure(None, pb.END_REASON_REJECTED, _clip(message))
+            return []
+        where = f"step {step} ({self._names[step]})"
+        self._failure = _Failure(
+            step, pb.END_REASON_STEP_FAILED, _clip(f"{where} failed: {message}")
+        )
+        return self._end_current(
+            pb.STEP_STATE_FAILED, pb.END_REASON_STEP_FAILED, message
+        )
+
+    # -- state changes -----------------------------------------------------------------
+
+    def _set(
+        self,
+        step: int,
+        state: pb.StepState.ValueType,
+        reason: pb.EndReason.ValueType = pb.END_REASON_UNSPECIFIED,
+        message: str = "",
+        *,
+        exit_code: int | None = None,
+        output_tail: str = "",
+    ) -> StepReport:
+        self._states[step] = state
+        return StepReport(step, state, reason, message, exit_code, output_tail)
+
+    def _end_current(
+        self,
+        state: pb.StepState.ValueType,
+        reason: pb.EndReason.ValueType = pb.END_REASON_UNSPECIFIED,
+        message: str = "",
+    ) -> list[Report]:
+        step = self._current
+        if step is None or self._states[step] != pb.STEP_STATE_RUNNING:
+            return []
+        return [self._set(step, state, reason, message)]
+
+    def _skip_rest(self, reason: pb.EndReason.ValueType, message: str) -> list[Report]:
+        return [
+            self._set(index, pb.STEP_STATE_SKIPPED, reason, message)
+            for index, state in enumerate(self._states)
+            if state in (pb.STEP_STATE_PENDING, pb.STEP_STATE_RUNNING)
+        ]
+
+    def _skipped_because(self) -> str:
+        failure = self._failure
+        assert failure is not None
+        if failure.step_index is None:
+            return "the run failed before this step"
+        if failure.reason == pb.END_REASON_TIMEOUT:
+            return f"step {failure.step_index} timed out"
+        if failure.reason == pb.END_REASON_AGENT_RESTARTED:
+            return f"the agent stopped during step {failure.step_index}"
+        return f"step {failure.step_index} failed"
+
+
+def _describe_failure(
+    res: Mapping[str, Any], *, action: str, unreachable: bool
+) -> tuple[str, int | None, str]:
+    """The message, exit code and output tail of a failed task's result."""
+    msg = res.get("msg")
+    text = msg if isinstance(msg, str) else ""
+    status = res.get("status")
+    if (
+        action.endswith("docker_container")
+        and isinstance(status, int)
+        and not isinstance(status, bool)
+    ):
+        # docker_container with detach=false: ``status`` is the exit code and ``msg``
+        # is the container's output.
+        last = text.strip().splitlines()[-1:] if text.strip() else []
+        message = f"exited with code {status}"
+        if last:
+            message += f": {last[0]}"
+        return message, status, tail(text)
+    if not text:
+        for key in ("module_stderr", "stderr", "module_stdout", "stdout"):
+            value = res.get(key)
+            if isinstance(value, str) and value.strip():
+                text = value.strip().splitlines()[-1]
+                break
+    if not text:
+        text = "the host was unreachable" if unreachable else "the task failed"
+    return strip_ansi(text).strip(), None, ""

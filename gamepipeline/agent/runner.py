@@ -1,0 +1,426 @@
+"""Runs one pipeline on this node with ansible-runner.
+
+Each run has a private data dir of its own under the agent's work dir (mode 0700): the
+playbook, the inventory, ansible's temp dirs and the artifacts live there and nowhere
+else, and the dir is removed once the run's events are consumed. The playbook comes
+from the pipeline language (``load_template`` → ``bind`` → ``compile_playbook`` →
+``render_playbook``); every value in it is marked unsafe, so nothing a user wrote is
+evaluated as a template, and no value travels as an extra var.
+
+ansible-runner's ``event_handler`` only puts the event on a queue and returns True; the
+run's own thread takes events off the queue and turns them into reports
+(``events.EventTranslator``). A cancel or the pipeline's timeout makes ansible-runner kill
+the playbook's process group; the container of a step that had not finished is then
+stopped and removed, since killing Ansible does not stop a container it started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from gamepipeline import pipeline as language
+from gamepipeline.agent.events import EventTranslator, Report, RunOutcome
+from gamepipeline.proto import gamepipeline_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
+"""Label the compiler puts on every container of a pipeline, with the pipeline's id."""
+
+CANCEL_POLL_SECONDS = 0.5
+"""How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
+
+CONTAINER_STOP_SECONDS = 5
+"""Grace a canceled step's container gets between SIGTERM and SIGKILL."""
+
+_EVENT_POLL_SECONDS = 0.2
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+_STOPPED = (RunOutcome.CANCELED, RunOutcome.TIMEOUT, RunOutcome.INTERRUPTED)
+
+Emit = Callable[[str, Report], None]
+
+
+class ContainerJanitor:
+    """Stops and removes the containers of a step that will not finish.
+
+    Only containers carrying the pipeline's label are touched, so a container of the
+    same name that some other run or person owns is left alone.
+    """
+
+    def __init__(self, client_factory: Callable[[], Any] | None = None) -> None:
+        self._client_factory = client_factory or _docker_client
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def remove(self, pipeline_id: str, names: list[str]) -> list[str]:
+        """Stop and remove the named containers of ``pipeline_id``; returns the names
+        of the ones it removed."""
+        import docker.errors
+
+        with self._lock:
+            if self._client is None:
+                self._client = self._client_factory()
+            client = self._client
+        removed = []
+        found = client.containers.list(
+            all=True, filters={"label": f"{PIPELINE_LABEL}={pipeline_id}"}
+        )
+        for container in found:
+            if container.name not in names:
+                continue
+            try:
+                container.stop(timeout=CONTAINER_STOP_SECONDS)
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as err:
+                if "removal of container" in str(err) and "in progress" in str(err):
+                    continue
+                raise
+            removed.append(container.name)
+        return removed
+
+
+def _docker_client() -> Any:
+    import docker
+
+    return docker.from_env()
+
+
+@dataclass
+class PlayInfo:
+    """What the runner needs to know about a compiled play, step by step."""
+
+    step_count: int
+    tasks_per_step: list[int]
+    containers: dict[int, list[str]] = field(default_factory=dict)
+
+
+def _tasks(items: list[Any]) -> Iterator[Mapping[str, Any]]:
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        yield item
+        for key in ("block", "rescue", "always"):
+            nested = item.get(key)
+            if isinstance(nested, list):
+                yield from _tasks(nested)
+
+
+def describe_play(playbook: list[dict[str, Any]], step_count: int) -> PlayInfo:
+    """Count each step's tasks and find the names of the containers they manage."""
+    counts: dict[int, int] = {}
+    containers: dict[int, list[str]] = {}
+    for play in playbook:
+        for task in _tasks(list(play.get("tasks") or [])):
+            name = task.get("name")
+            step = language.step_index_of_task(str(name)) if name else None
+            if step is None or "block" in task:
+                continue
+            counts[step] = counts.get(step, 0) + 1
+            for module, args in task.items():
+                if str(module).endswith("docker_container") and isinstance(
+                    args, Mapping
+                ):
+                    container = args.get("name")
+                    if container and str(container) not in containers.get(step, []):
+                        containers.setdefault(step, []).append(str(container))
+    total = max([step_count, *(index + 1 for index in counts)])
+    return PlayInfo(total, [counts.get(i, 0) for i in range(total)], containers)
+
+
+@dataclass
+class Prepared:
+    """A pipeline made ready to run on this node."""
+
+    playbook: list[dict[str, Any]]
+    step_names: list[str]
+    timeout_seconds: float | None
+
+
+def prepare(pipeline: pb.GamePipeline, node_envs: Mapping[str, str]) -> Prepared:
+    """Compile ``pipeline`` for this node; node-local envs win over submitted ones.
+
+    The pipeline's timeout is the shorter of the server's (``timeout_seconds``) and the
+    template's own ``timeout``.
+
+    Raises:
+        PipelineError (ValidationError): the document, args or envs are not acceptable.
+        ValueError: ``document_json`` is not JSON.
+    """
+    template = language.load_template(json.loads(pipeline.document_json))
+    envs = {**pipeline.env_values, **node_envs}
+    bound = language.bind(template, dict(pipeline.arg_values), envs)
+    playbook = language.compile_playbook(bound, pipeline_id=pipeline.id)
+    limits = [
+        limit
+        for limit in (template.timeout_seconds, float(pipeline.timeout_seconds))
+        if limit
+    ]
+    return Prepared(
+        playbook, [step.name for step in template.steps], min(limits, default=None)
+    )
+
+
+class PipelineRun:
+    """One pipeline's run on this node, in a thread of its own.
+
+    Args:
+        pipeline: the pipeline as the server handed it over.
+        runs_dir: parent of the private data dir.
+        node_envs: the node's own env values.
+        emit: called with ``(pipeline_id, report)`` for every report, in order, from the
+            run's thread; the pipeline's final state comes last and exactly once.
+        on_done: called with the run once it has ended and cleaned up.
+        janitor: removes the containers of a step that will not finish.
+    """
+
+    def __init__(
+        self,
+        pipeline: pb.GamePipeline,
+        *,
+        runs_dir: Path,
+        node_envs: Mapping[str, str],
+        emit: Emit,
+        on_done: Callable[[PipelineRun], None] | None = None,
+        janitor: ContainerJanitor | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.pipeline_id = pipeline.id
+        self._runs_dir = runs_dir
+        self._node_envs = dict(node_envs)
+        self._emit = emit
+        self._on_done = on_done
+        self._janitor = janitor or ContainerJanitor()
+        self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._stop_reason: RunOutcome | None = None
+        self._stop_detail = ""
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._main, name=f"pipeline-{pipeline.id}", daemon=True
+        )
+        self.data_dir: Path | None = None
+        self._translator: EventTranslator | None = None
+
+    # -- control ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self, reason: str = "") -> None:
+        """Ask the run to stop; it reports canceled unless it already ended."""
+        self._request_stop(RunOutcome.CANCELED, reason or "the pipeline was canceled")
+
+    def interrupt(self, reason: str = "") -> None:
+        """Stop the run because the agent is going away: it fails with the reason
+        AGENT_RESTARTED, naming the step it was in."""
+        self._request_stop(RunOutcome.INTERRUPTED, reason or "the agent stopped")
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def _request_stop(self, why: RunOutcome, detail: str) -> None:
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = why
+                self._stop_detail = detail
+        self._stop.set()
+
+    # -- the run ---------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception as err:
+            log.exception("pipeline %s: run crashed", self.pipeline_id)
+            # Whatever broke, the pipeline still ends in exactly one final state.
+            translator = self._translator or EventTranslator(
+                [step.name for step in self.pipeline.steps],
+                language.step_index_of_task,
+            )
+            self._send(
+                translator.finish(
+                    RunOutcome.FAILED, output=[f"the agent could not run it: {err}"]
+                )
+            )
+        finally:
+            if self._on_done is not None:
+                self._on_done(self)
+
+    def _send(self, reports: list[Report]) -> None:
+        for report in reports:
+            self._emit(self.pipeline_id, report)
+
+    def _run(self) -> None:
+        pid = self.pipeline_id
+        try:
+            prepared = prepare(self.pipeline, self._node_envs)
+        except (language.PipelineError, ValueError) as err:
+            log.warning("pipeline %s: rejected: %s", pid, err)
+            names = [step.name for step in self.pipeline.steps]
+            translator = EventTranslator(names, language.step_index_of_task)
+            self._send(translator.reject(f"the pipeline was rejected: {err}"))
+            return
+
+        info = describe_play(prepared.playbook, len(prepared.step_names))
+        names = prepared.step_names
+        names += [f"step {i}" for i in range(len(names), info.step_count)]
+        translator = EventTranslator(
+            names, language.step_index_of_task, info.tasks_per_step
+        )
+        self._translator = translator
+        self._send(translator.start())
+        if self._stop.is_set():
+            outcome = self._outcome("canceled")
+            self._send(translator.finish(outcome, detail=self._stop_detail))
+            return
+
+        self.data_dir = self._make_data_dir()
+        try:
+            outcome, output = self._execute(prepared, translator)
+            cleanup = None
+            if outcome in _STOPPED:
+                cleanup = translator.unfinished_step()
+            if cleanup is None:
+                cleanup = translator.timed_out_step
+            self._send(
+                translator.finish(outcome, detail=self._stop_detail, output=output)
+            )
+            if cleanup is not None:
+                self._remove_step_containers(cleanup, info)
+        finally:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        log.info("pipeline %s: run ended %s", pid, outcome.value)
+
+    def _make_data_dir(self) -> Path:
+        self._runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        name = f"{_SAFE.sub('_', self.pipeline_id)}-{secrets.token_hex(4)}"
+        data_dir = self._runs_dir / name
+        (data_dir / "project").mkdir(parents=True, mode=0o700)
+        (data_dir / "tmp").mkdir(mode=0o700)
+        os.chmod(data_dir, 0o700)
+        return data_dir
+
+    def _execute(
+        self, prepared: Prepared, translator: EventTranslator
+    ) -> tuple[RunOutcome, list[str]]:
+        """Run the playbook and feed its events to ``translator`` as they come."""
+        assert self.data_dir is not None
+        (self.data_dir / "project" / "main.yml").write_text(
+            language.render_playbook(prepared.playbook), encoding="utf-8"
+        )
+        limit = prepared.timeout_seconds
+        deadline = time.monotonic() + limit if limit else None
+        log.info(
+            "pipeline %s: starting ansible-runner in %s",
+            self.pipeline_id,
+            self.data_dir,
+        )
+        thread, runner = ansible_runner.run_async(**self._runner_options())
+        while thread.is_alive() or not self._events.empty():
+            if deadline is not None and time.monotonic() > deadline:
+                self._request_stop(
+                    RunOutcome.TIMEOUT,
+                    f"the pipeline's timeout of {limit:g}s ran out",
+                )
+                deadline = None
+            try:
+                event = self._events.get(timeout=_EVENT_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            self._send(translator.feed(event))
+        thread.join()
+        return self._outcome(str(runner.status)), self._stdout_lines(runner)
+
+    def _runner_options(self) -> dict[str, Any]:
+        assert self.data_dir is not None
+        bin_dir = str(Path(sys.executable).parent)
+        tmp = str(self.data_dir / "tmp")
+        return {
+            "private_data_dir": str(self.data_dir),
+            "playbook": "main.yml",
+            "inventory": (
+                "localhost ansible_connection=local "
+                f"ansible_python_interpreter={sys.executable}"
+            ),
+            "envvars": {
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_GATHERING": "explicit",
+                "ANSIBLE_RETRY_FILES_ENABLED": "0",
+                "ANSIBLE_LOCAL_TEMP": tmp,
+                "ANSIBLE_REMOTE_TEMP": tmp,
+                "ANSIBLE_HOME": tmp,
+            },
+            "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
+            "quiet": True,
+            "event_handler": self._queue_event,
+            "cancel_callback": self._stop.is_set,
+        }
+
+    def _queue_event(self, event: dict[str, Any]) -> bool:
+        # Only queue: a slow handler would stall the run (F7).
+        self._events.put(event)
+        return True
+
+    def _outcome(self, status: str) -> RunOutcome:
+        if status == "canceled":
+            return self._stop_reason or RunOutcome.CANCELED
+        if status == "successful":
+            return RunOutcome.SUCCESSFUL
+        if status == "timeout":
+            return RunOutcome.TIMEOUT
+        return RunOutcome.FAILED
+
+    def _stdout_lines(self, runner: Any) -> list[str]:
+        try:
+            with runner.stdout as handle:
+                return [line for line, _ in zip(handle, range(200), strict=False)]
+        except Exception:
+            return []
+
+    def _remove_step_containers(self, step: int, info: PlayInfo) -> None:
+        names = info.containers.get(step, [])
+        if not names:
+            return
+        try:
+            # A create or start the killed module had in flight may land a moment
+            # after the kill; look twice.
+            removed = self._janitor.remove(self.pipeline_id, names)
+            time.sleep(1.0)
+            removed += self._janitor.remove(self.pipeline_id, names)
+        except Exception:
+            log.exception(
+                "pipeline %s: could not remove the containers of step %d",
+                self.pipeline_id,
+                step,
+            )
+            return
+        log.info(
+            "pipeline %s: removed containers %s of step %d",
+            self.pipeline_id,
+            removed,
+            step,
+        )
