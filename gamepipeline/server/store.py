@@ -194,6 +194,10 @@ class Store:
         self._lock = threading.Lock()
         self._create_schema()
 
+    def now_ms(self) -> int:
+        """The store's clock, in which every timestamp it keeps is written."""
+        return self._clock()
+
     # connections and transactions
 
     def _db(self) -> Database:

@@ -1,0 +1,344 @@
+"""Which node runs which pipeline, and which nodes are alive.
+
+The dispatcher lives on the gRPC event loop. It keeps one ``AgentSession`` per connected
+node and runs a pass whenever something changes (a submission, a node connecting, a
+pipeline ending) and once a second in any case:
+
+- every pending pipeline goes to a node: the one it names, queued while that node is
+  offline or full, or else the connected node with the most free slots. A node never
+  holds more pending and running pipelines than the capacity it declared. The pipeline is
+  marked assigned in the store before its message is queued, so a crash in between can
+  only leave it assigned and unsent, and it is sent again when the node reconnects;
+- a node whose heartbeats stop for ``offline_after`` seconds is marked offline and its
+  stream ended; once it has been offline for ``node_lost_after`` seconds, its running
+  pipelines fail with the reason ``node_lost`` and pending ones it never acknowledged go
+  back to the queue.
+
+Other threads (the HTTP API) reach the dispatcher only through ``wake`` and
+``cancel_on_node``, which are safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+
+from gamepipeline import __version__
+from gamepipeline.proto import gamepipeline_pb2 as pb
+from gamepipeline.server.errors import NotFound
+from gamepipeline.server.messages import pipeline_message
+from gamepipeline.server.store import PipelineRecord, Store
+from gamepipeline.wire import (
+    HEARTBEAT_INTERVAL_SECONDS,
+    NODE_OFFLINE_AFTER_SECONDS,
+    PROTOCOL_VERSION,
+)
+
+log = logging.getLogger(__name__)
+
+#: How long an offline node keeps its pipelines before they fail with ``node_lost``.
+#: Long enough for a GameNode to reboot and its agent to reconnect and carry on.
+NODE_LOST_AFTER_SECONDS: Final = 300.0
+#: The dispatcher looks at the queue and the heartbeats at least this often.
+TICK_SECONDS: Final = 1.0
+
+_session_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Tells a stream's handler to end it; ``code`` None ends it with OK."""
+
+    code: grpc.StatusCode | None
+    detail: str
+
+
+class AgentSession:
+    """One registered stream: the queue of messages for it and what it told us."""
+
+    def __init__(self, registration: pb.AgentRegistration) -> None:
+        self.id = next(_session_ids)
+        self.node_id = registration.node_id
+        self.capacity = registration.capacity
+        self.outbox: asyncio.Queue[pb.PipelineStreamResponse | StreamEnd] = (
+            asyncio.Queue()
+        )
+        self.last_heartbeat = time.monotonic()
+        self.running: set[str] = set(registration.running_pipeline_ids)
+        #: Pipelines handed over on this stream; not handed over again on it.
+        self.sent: set[str] = set()
+        self.ended = False
+
+    def send(self, message: pb.PipelineStreamResponse) -> None:
+        if not self.ended:
+            self.outbox.put_nowait(message)
+
+    def end(self, code: grpc.StatusCode | None, detail: str) -> None:
+        if not self.ended:
+            self.ended = True
+            self.outbox.put_nowait(StreamEnd(code, detail))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        offline_after: float = NODE_OFFLINE_AFTER_SECONDS,
+        node_lost_after: float = NODE_LOST_AFTER_SECONDS,
+    ) -> None:
+        self._store = store
+        self.offline_after = offline_after
+        self.node_lost_after = node_lost_after
+        # A third of the offline limit, so that two lost heartbeats never flap a node.
+        self.heartbeat_interval = max(
+            1, min(HEARTBEAT_INTERVAL_SECONDS, int(offline_after / 3))
+        )
+        self._sessions: dict[str, AgentSession] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+
+    # called from any thread
+
+    def wake(self) -> None:
+        """Ask for a dispatch pass soon."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def cancel_on_node(self, pipeline_id: str, node_id: str) -> None:
+        """Ask ``node_id`` to stop ``pipeline_id``; delivered on its next stream if away."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._send_cancel, pipeline_id, node_id)
+
+    # the loop
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        log.info(
+            "dispatcher started (offline after %.0f s, node lost after %.0f s)",
+            self.offline_after,
+            self.node_lost_after,
+        )
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=TICK_SECONDS)
+            self._wake.clear()
+            try:
+                self._check_liveness()
+                self._settle_lost_nodes()
+                self._dispatch_pending()
+            except Exception:
+                log.exception("dispatch pass failed; trying again on the next tick")
+
+    # sessions
+
+    def attach(self, registration: pb.AgentRegistration) -> AgentSession:
+        """Register a node's new stream, ending the one it replaces."""
+        node_id = registration.node_id
+        old = self._sessions.get(node_id)
+        if old is not None:
+            log.warning("node %s opened a new stream; ending the old one", node_id)
+            old.end(
+                grpc.StatusCode.ABORTED, f"replaced by a newer stream from {node_id}"
+            )
+        self._store.register_node(
+            node_id,
+            hostname=registration.hostname,
+            labels=dict(registration.labels),
+            capacity=registration.capacity,
+            agent_version=registration.agent_version,
+            protocol_version=registration.protocol_version,
+        )
+        session = AgentSession(registration)
+        self._sessions[node_id] = session
+        log.info(
+            "node %s registered (host %s, capacity %d, agent %s, running %s)",
+            node_id,
+            registration.hostname,
+            registration.capacity,
+            registration.agent_version,
+            sorted(session.running) or "nothing",
+        )
+        session.send(
+            pb.PipelineStreamResponse(
+                registered=pb.RegistrationAccepted(
+                    node_id=node_id,
+                    heartbeat_interval_seconds=self.heartbeat_interval,
+                    protocol_version=PROTOCOL_VERSION,
+                    server_version=__version__,
+                )
+            )
+        )
+        self._reconcile(session)
+        self._wake.set()
+        return session
+
+    def detach(self, session: AgentSession) -> None:
+        """A stream ended; the node goes offline unless a newer stream replaced it."""
+        session.end(None, "stream closed")
+        if self._sessions.get(session.node_id) is not session:
+            return
+        del self._sessions[session.node_id]
+        self._store.set_node_offline(session.node_id)
+        log.info("node %s went offline", session.node_id)
+
+    def heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        session.last_heartbeat = time.monotonic()
+        session.running = set(heartbeat.running_pipeline_ids)
+        self._store.record_heartbeat(session.node_id)
+        session.send(
+            pb.PipelineStreamResponse(
+                heartbeat_ack=pb.HeartbeatAck(sent_at_ms=heartbeat.sent_at_ms)
+            )
+        )
+
+    def acknowledge(self, session: AgentSession, ack: pb.PipelineAck) -> None:
+        changed = self._store.acknowledge(
+            ack.pipeline_id, session.node_id, accepted=ack.accepted, message=ack.message
+        )
+        if ack.accepted:
+            log.info("node %s took pipeline %s", session.node_id, ack.pipeline_id)
+        else:
+            log.warning(
+                "node %s refused pipeline %s: %s",
+                session.node_id,
+                ack.pipeline_id,
+                ack.message,
+            )
+            if changed:
+                self._wake.set()
+
+    def _reconcile(self, session: AgentSession) -> None:
+        """Stop what the node runs but should not, and repeat cancels it missed."""
+        owed = set(self._store.cancels_owed(session.node_id))
+        for pipeline_id in sorted(session.running - owed):
+            reason = self._why_not_run(pipeline_id, session.node_id)
+            if reason:
+                log.warning(
+                    "node %s runs pipeline %s, which %s; canceling it",
+                    session.node_id,
+                    pipeline_id,
+                    reason,
+                )
+                owed.add(pipeline_id)
+        for pipeline_id in sorted(owed):
+            self._send_cancel(pipeline_id, session.node_id)
+
+    def _why_not_run(self, pipeline_id: str, node_id: str) -> str:
+        try:
+            record = self._store.get_pipeline(pipeline_id)
+        except NotFound:
+            return "this server does not know"
+        if record.node_assigned != node_id:
+            return f"is assigned to {record.node_assigned or 'no node'}"
+        if record.state.is_final:
+            return f"already ended {record.state}"
+        return ""
+
+    def _send_cancel(self, pipeline_id: str, node_id: str) -> None:
+        session = self._sessions.get(node_id)
+        if session is None:
+            log.info(
+                "node %s is offline; cancel of pipeline %s waits for it",
+                node_id,
+                pipeline_id,
+            )
+            return
+        log.info("sending cancel of pipeline %s to node %s", pipeline_id, node_id)
+        session.send(
+            pb.PipelineStreamResponse(
+                cancel=pb.CancelPipeline(pipeline_id=pipeline_id, reason="canceled")
+            )
+        )
+
+    # passes
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            silent = now - session.last_heartbeat
+            if silent > self.offline_after:
+                log.warning(
+                    "node %s sent no heartbeat for %.0f s; marking it offline",
+                    session.node_id,
+                    silent,
+                )
+                session.end(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no heartbeat from {session.node_id} for {silent:.0f} s",
+                )
+                self.detach(session)
+
+    def _settle_lost_nodes(self) -> None:
+        cutoff = self._store.now_ms() - int(self.node_lost_after * 1000)
+        for node_id in self._store.offline_nodes_since(cutoff):
+            outcome = self._store.settle_lost_node(node_id)
+            log.warning(
+                "node %s is lost: failed pipelines %s, requeued %s",
+                node_id,
+                outcome.failed,
+                outcome.requeued,
+            )
+
+    def _dispatch_pending(self) -> None:
+        load = self._store.active_counts()
+        for record in self._store.pending_pipelines():
+            if record.node_assigned is not None:
+                self._resend(record)
+                continue
+            session, waiting = self._choose(record, load)
+            if session is None:
+                if record.message != waiting:
+                    self._store.set_waiting_message(record.id, waiting)
+                continue
+            if self._store.assign(record.id, session.node_id):
+                load[session.node_id] = load.get(session.node_id, 0) + 1
+                self._hand_over(session, record.id)
+
+    def _choose(
+        self, record: PipelineRecord, load: dict[str, int]
+    ) -> tuple[AgentSession | None, str]:
+        """The session to run a pipeline on, or None and why it waits."""
+        if record.node_requested is not None:
+            session = self._sessions.get(record.node_requested)
+            if session is None:
+                return None, f"waiting for node {record.node_requested} to connect"
+            if load.get(session.node_id, 0) >= session.capacity:
+                return None, (
+                    f"waiting for a free slot on node {session.node_id} "
+                    f"(all {session.capacity} in use)"
+                )
+            return session, ""
+        free = [
+            (session.capacity - load.get(node_id, 0), node_id, session)
+            for node_id, session in self._sessions.items()
+            if load.get(node_id, 0) < session.capacity
+        ]
+        if not free:
+            return None, "waiting for a connected node with a free slot"
+        free.sort(key=lambda item: (-item[0], item[1]))
+        return free[0][2], ""
+
+    def _resend(self, record: PipelineRecord) -> None:
+        """Hand over an assigned pipeline again on a stream that has not seen it."""
+        assert record.node_assigned is not None
+        session = self._sessions.get(record.node_assigned)
+        if session is None or record.id in session.sent or record.id in session.running:
+            return
+        self._hand_over(session, record.id)
+
+    def _hand_over(self, session: AgentSession, pipeline_id: str) -> None:
+        record = self._store.get_pipeline(pipeline_id)
+        steps = self._store.get_steps(pipeline_id)
+        session.sent.add(pipeline_id)
+        session.send(
+            pb.PipelineStreamResponse(pipeline=pipeline_message(record, steps))
+        )
+        log.info("dispatched pipeline %s to node %s", pipeline_id, session.node_id)

@@ -1,0 +1,180 @@
+"""The gRPC face of the server: ``GamePipelineGRPCService`` for the agents.
+
+The contract is ``proto/gamepipeline.proto``; this module keeps its promises.
+
+``PipelineStream`` (one per agent, long-lived):
+  the first message must be ``register``, else the stream ends with INVALID_ARGUMENT; a
+  contract version other than ours ends it with FAILED_PRECONDITION naming both. The
+  answer is ``registered``; then ``pipeline`` and ``cancel`` messages come as the
+  dispatcher decides and each ``heartbeat`` is answered with ``heartbeat_ack``. A second
+  stream registered with the same node id replaces the first, which ends with ABORTED;
+  a stream whose heartbeats stop ends with UNAVAILABLE. When the stream ends for any
+  reason the node is marked offline (unless a newer stream took its place).
+
+``UpdatePipelineStatus`` / ``UpdateStepStatus`` (unary, retried freely by the agent):
+  each report is judged and, if it changes the record, committed before the answer
+  goes back. ``applied=false`` says it changed nothing, with ``duplicate=true`` for a
+  sequence number already seen; ``detail`` says why in either case. Malformed reports
+  are INVALID_ARGUMENT, unknown pipelines NOT_FOUND, a report from a node other than
+  the one the pipeline is assigned to PERMISSION_DENIED.
+
+Every ``ServerError`` becomes a status code through ``GRPC_STATUS``, here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import grpc
+
+from gamepipeline.pipeline.states import PipelineState
+from gamepipeline.proto import gamepipeline_pb2 as pb
+from gamepipeline.proto import gamepipeline_pb2_grpc as pb_grpc
+from gamepipeline.server.dispatcher import AgentSession, Dispatcher, StreamEnd
+from gamepipeline.server.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServerError,
+    UnsupportedProtocol,
+    WrongNode,
+)
+from gamepipeline.server.messages import pipeline_report, step_report
+from gamepipeline.server.store import Store
+from gamepipeline.wire import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS: Final[dict[type[ServerError], grpc.StatusCode]] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongNode: grpc.StatusCode.PERMISSION_DENIED,
+    UnsupportedProtocol: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def grpc_status(error: ServerError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in GRPC_STATUS:
+            return GRPC_STATUS[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
+    def __init__(self, store: Store, dispatcher: Dispatcher) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+
+    async def PipelineStream(
+        self, request_iterator: AsyncIterator[pb.PipelineStreamRequest], context: Any
+    ) -> AsyncIterator[pb.PipelineStreamResponse]:
+        try:
+            registration = await _registration(request_iterator)
+        except ServerError as err:
+            log.warning("refused a stream from %s: %s", context.peer(), err.message)
+            await context.abort(grpc_status(err), err.message)
+            return
+
+        session = self._dispatcher.attach(registration)
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        try:
+            while True:
+                item = await session.outbox.get()
+                if isinstance(item, StreamEnd):
+                    if item.code is not None:
+                        await context.abort(item.code, item.detail)
+                    return
+                yield item
+        finally:
+            reader.cancel()
+            self._dispatcher.detach(session)
+
+    async def _read(
+        self,
+        session: AgentSession,
+        request_iterator: AsyncIterator[pb.PipelineStreamRequest],
+    ) -> None:
+        """Take the agent's messages off the stream until it ends."""
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "heartbeat":
+                    self._dispatcher.heartbeat(session, request.heartbeat)
+                elif kind == "ack":
+                    self._dispatcher.acknowledge(session, request.ack)
+                else:
+                    session.end(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"stream already registered as node {session.node_id}; "
+                        f"send register once per stream, got {kind or 'an empty message'}",
+                    )
+                    return
+            session.end(None, "agent closed its side of the stream")
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.info("stream of node %s broke: %s", session.node_id, err)
+            session.end(None, "stream broke")
+
+    async def UpdatePipelineStatus(
+        self, request: pb.UpdatePipelineStatusRequest, context: Any
+    ) -> pb.UpdatePipelineStatusResponse:
+        try:
+            report = pipeline_report(request)
+            outcome = self._store.apply_pipeline_report(report)
+        except ServerError as err:
+            await context.abort(grpc_status(err), err.message)
+            raise  # not reached: abort raises
+        if outcome.applied and report.state is not PipelineState.RUNNING:
+            self._dispatcher.wake()  # a slot came free
+        return pb.UpdatePipelineStatusResponse(
+            applied=outcome.applied, duplicate=outcome.duplicate, detail=outcome.detail
+        )
+
+    async def UpdateStepStatus(
+        self, request: pb.UpdateStepStatusRequest, context: Any
+    ) -> pb.UpdateStepStatusResponse:
+        try:
+            outcome = self._store.apply_step_report(step_report(request))
+        except ServerError as err:
+            await context.abort(grpc_status(err), err.message)
+            raise  # not reached: abort raises
+        return pb.UpdateStepStatusResponse(
+            applied=outcome.applied, duplicate=outcome.duplicate, detail=outcome.detail
+        )
+
+
+async def _registration(
+    request_iterator: AsyncIterator[pb.PipelineStreamRequest],
+) -> pb.AgentRegistration:
+    """Read and check the stream's first message."""
+    try:
+        first = await anext(request_iterator)
+    except StopAsyncIteration:
+        raise InvalidRequest("the stream ended before the agent registered") from None
+    kind = first.WhichOneof("kind")
+    if kind != "register":
+        raise InvalidRequest(
+            f"the first message on PipelineStream must be register, got "
+            f"{kind or 'an empty message'}; send AgentRegistration first"
+        )
+    registration = first.register
+    if not registration.node_id:
+        raise InvalidRequest("register has an empty node_id; give the node's fleet id")
+    if registration.protocol_version != PROTOCOL_VERSION:
+        raise UnsupportedProtocol(
+            f"node {registration.node_id} speaks protocol version "
+            f"{registration.protocol_version}, this server speaks {PROTOCOL_VERSION}; "
+            "run an agent and a server of the same contract version"
+        )
+    if registration.capacity < 1:
+        raise InvalidRequest(
+            f"node {registration.node_id} registered with capacity "
+            f"{registration.capacity}; register with capacity 1 or more"
+        )
+    return registration

@@ -1,0 +1,200 @@
+"""Turning an HTTP submission into a validated pipeline ready to store.
+
+A submission is one of:
+
+- the pipeline document itself, as YAML or JSON, whatever the Content-Type says (the
+  design document's ``curl -H "Content-Type: application/json" -d @pipeline.yaml`` sends
+  YAML labelled as JSON); args, envs and the node come as query parameters
+  ``arg.NAME=VALUE``, ``env.NAME=VALUE`` and ``node=NODE_ID``;
+- a JSON envelope ``{"pipeline": <document object or YAML text>, "args": {...},
+  "envs": {...}, "node": "..."}``. Query parameters, if any, add to it and win.
+
+The document must load as a template and bind to the args given: every declared arg needs
+a value and no undeclared arg may be given. Envs may be left out: the node running the
+pipeline fills them from its own configuration (and its values win over submitted ones),
+so only the envs given are checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gamepipeline.pipeline import bind, load_template, parse_document
+from gamepipeline.pipeline.errors import PipelineError, Problem, ValidationError
+from gamepipeline.server.errors import InvalidRequest
+from gamepipeline.server.store import NewPipeline
+
+log = logging.getLogger(__name__)
+
+ENVELOPE_KEYS: Final = ("pipeline", "args", "envs", "node")
+ARG_PREFIX: Final = "arg."
+ENV_PREFIX: Final = "env."
+
+
+@dataclass
+class Submission:
+    document: dict[str, Any]
+    args: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
+    node: str | None = None
+
+
+def read_submission(body: bytes, query: Mapping[str, str]) -> Submission:
+    """Read the document, args, envs and node from a request's body and query."""
+    if not body.strip():
+        raise InvalidRequest(
+            "the request body is empty; send the pipeline document (YAML or JSON) or "
+            'a JSON envelope {"pipeline": ..., "args": {...}, "envs": {...}}',
+            [Problem("", "empty request body")],
+        )
+    envelope = _envelope(body)
+    if envelope is None:
+        submission = Submission(document=_parse(body, "request body"))
+    else:
+        submission = _from_envelope(envelope)
+    _apply_query(submission, query)
+    return submission
+
+
+def prepare(submission: Submission) -> NewPipeline:
+    """Validate a submission against the pipeline language; raise ``InvalidRequest``."""
+    try:
+        template = load_template(submission.document)
+    except ValidationError as err:
+        raise _invalid("the pipeline document is not valid", err.problems) from None
+
+    left_to_node = [name for name in template.envs if name not in submission.envs]
+    try:
+        bind(template, submission.args, submission.envs)
+    except ValidationError as err:
+        problems = [
+            p for p in err.problems if p.path not in {f"envs.{n}" for n in left_to_node}
+        ]
+        if problems:
+            raise _invalid(
+                "the args or envs do not fit the template", problems
+            ) from None
+    except PipelineError as err:
+        raise _invalid(
+            "the pipeline cannot be bound", [Problem("", str(err))]
+        ) from None
+    if left_to_node:
+        log.debug("envs %s of %s are left to the node", left_to_node, template.name)
+
+    timeout = template.timeout_seconds
+    return NewPipeline(
+        model=template.model or "",
+        name=template.name,
+        description=template.description,
+        document=template.to_document(),
+        declared_args=list(template.args),
+        declared_envs=list(template.envs),
+        arg_values=dict(submission.args),
+        env_values={k: v for k, v in submission.envs.items() if k in template.envs},
+        node_requested=submission.node,
+        steps=[(step.name, step.type) for step in template.steps],
+        timeout_seconds=int(timeout) if timeout else 0,
+    )
+
+
+def _envelope(body: bytes) -> dict[str, Any] | None:
+    """The body as an envelope, or None when it is a bare document."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and "pipeline" in data:
+        return data
+    return None
+
+
+def _from_envelope(envelope: dict[str, Any]) -> Submission:
+    problems = [
+        Problem(key, f"unknown envelope key {key!r}; use {', '.join(ENVELOPE_KEYS)}")
+        for key in envelope
+        if key not in ENVELOPE_KEYS
+    ]
+    pipeline = envelope["pipeline"]
+    document: dict[str, Any] = {}
+    if isinstance(pipeline, str):
+        document = _parse(pipeline.encode(), "pipeline")
+    elif isinstance(pipeline, dict):
+        document = pipeline
+    else:
+        problems.append(
+            Problem("pipeline", "give the document as an object or as YAML text")
+        )
+    args, arg_problems = _values(envelope.get("args"), "args")
+    envs, env_problems = _values(envelope.get("envs"), "envs")
+    problems += arg_problems + env_problems
+    node = envelope.get("node")
+    if node is not None and (not isinstance(node, str) or not node):
+        problems.append(
+            Problem("node", f"{node!r} is not a node id; give a non-empty string")
+        )
+    if problems:
+        raise _invalid("the request envelope is not valid", problems)
+    return Submission(document, args, envs, node or None)
+
+
+def _values(raw: Any, where: str) -> tuple[dict[str, str], list[Problem]]:
+    """Args or envs as text: numbers and booleans are written as YAML writes them."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        return {}, [Problem(where, f"{where} must be an object of NAME: value")]
+    values: dict[str, str] = {}
+    problems: list[Problem] = []
+    for name, value in raw.items():
+        if isinstance(value, bool):
+            values[name] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            values[name] = str(value)
+        else:
+            problems.append(
+                Problem(
+                    f"{where}.{name}",
+                    f"{json.dumps(value)} is not a value; give text or a number",
+                )
+            )
+    return values, problems
+
+
+def _apply_query(submission: Submission, query: Mapping[str, str]) -> None:
+    problems: list[Problem] = []
+    for key, value in query.items():
+        if key.startswith(ARG_PREFIX) and len(key) > len(ARG_PREFIX):
+            submission.args[key.removeprefix(ARG_PREFIX)] = value
+        elif key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            submission.envs[key.removeprefix(ENV_PREFIX)] = value
+        elif key == "node":
+            if not value:
+                problems.append(Problem("node", "node= is empty; give a node id"))
+            submission.node = value or None
+        else:
+            problems.append(
+                Problem(
+                    key,
+                    f"query parameter {key!r} is not understood; use "
+                    "arg.NAME=VALUE, env.NAME=VALUE or node=NODE_ID",
+                )
+            )
+    if problems:
+        raise _invalid("the query parameters are not valid", problems)
+
+
+def _parse(text: bytes, source: str) -> dict[str, Any]:
+    try:
+        return parse_document(text, source=source)
+    except ValidationError as err:
+        raise _invalid("the pipeline document cannot be read", err.problems) from None
+
+
+def _invalid(summary: str, problems: list[Problem]) -> InvalidRequest:
+    first = str(problems[0]) if problems else ""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return InvalidRequest(f"{summary}: {first}{more}", problems)
