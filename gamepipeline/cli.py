@@ -31,6 +31,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # gRPC's own debug lines (one per call) drown ours; keep them for warnings.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.root.level))
 
 
 @click.group()
