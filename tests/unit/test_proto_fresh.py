@@ -10,7 +10,10 @@ GENERATED = ROOT / "gamepipeline" / "proto"
 
 
 def test_checked_in_proto_code_is_regenerated_from_the_contract(tmp_path: Path) -> None:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     subprocess.run(
         [str(ROOT / "scripts" / "gen-proto.sh"), str(tmp_path)],
         check=True,
