@@ -39,6 +39,7 @@ SILENCE_LIMIT_HEARTBEATS = 3
 """Heartbeat intervals without a word from the server after which the stream is dead."""
 
 _OUTBOX_POLL_SECONDS = 0.5
+_TICK_SECONDS = 0.1
 
 
 class AgentError(Exception):
@@ -236,9 +237,12 @@ class Connection:
             log.warning("node %s: ignoring a stream message of kind %s", node, kind)
 
     def _heartbeat(self, session: _Session) -> None:
-        """Send heartbeats; drop the stream when the server has gone silent."""
-        while not session.closed.wait(session.interval):
-            silent = time.monotonic() - session.last_heard
+        """Send heartbeats once registered; drop the stream when the server has gone
+        silent (before registration too)."""
+        next_beat: float | None = None
+        while not session.closed.wait(_TICK_SECONDS):
+            now = time.monotonic()
+            silent = now - session.last_heard
             if silent > SILENCE_LIMIT_HEARTBEATS * session.interval:
                 log.warning(
                     "node %s: no word from the server for %.0fs; dropping the stream",
@@ -247,6 +251,13 @@ class Connection:
                 )
                 session.close()
                 return
+            if not session.registered:
+                continue
+            if next_beat is None:
+                next_beat = now + session.interval
+            if now < next_beat:
+                continue
+            next_beat = now + session.interval
             session.outbox.put(
                 pb.PipelineStreamRequest(
                     heartbeat=pb.Heartbeat(
