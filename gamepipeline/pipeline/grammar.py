@@ -102,7 +102,8 @@ def _check_ip(ip: str, whole: str, version: int) -> None:
         address = ipaddress.ip_address(ip)
     except ValueError:
         raise ValueError(
-            f'"{whole}" binds to "{ip}", which is not an IP address; {_PORT_HINT}'
+            f'"{whole}" is not a port mapping ("{ip}" is not an IP address); '
+            f"{_PORT_HINT}"
         ) from None
     if address.version != version:
         raise ValueError(

@@ -1,0 +1,48 @@
+"""parse_document: YAML and JSON into plain data, with located syntax errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gamepipeline.pipeline import ValidationError, parse_document
+
+
+def test_json_is_read_as_yaml() -> None:
+    assert parse_document('{"name": "x", "steps": []}') == {"name": "x", "steps": []}
+
+
+def test_bytes_with_chinese_text_are_read_as_utf8() -> None:
+    assert parse_document("name: 测试流水线\n".encode()) == {"name": "测试流水线"}
+
+
+def test_syntax_error_names_line_and_column() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_document("name: x\nsteps: [a, b\n", source="bad.yaml")
+    problem = caught.value.problems[0]
+    assert problem.path == "bad.yaml"
+    assert "line 3" in problem.message and "column" in problem.message
+
+
+def test_top_level_list_is_an_error() -> None:
+    with pytest.raises(ValidationError, match="top level is a list"):
+        parse_document("- a\n- b\n")
+
+
+def test_empty_document_is_an_error() -> None:
+    with pytest.raises(ValidationError, match="empty"):
+        parse_document("")
+
+
+def test_python_tags_are_refused_like_safe_load() -> None:
+    with pytest.raises(ValidationError):
+        parse_document("name: !!python/object/apply:os.system ['id']\n")
+
+
+def test_unquoted_port_pair_stays_text_not_base_60_number() -> None:
+    # YAML 1.1 reads 22:22 as 1342; a port mapping must not change silently.
+    assert parse_document("ports: [22:22, 8080]\n") == {"ports": ["22:22", 8080]}
+
+
+def test_ordinary_yaml_types_resolve_as_safe_load() -> None:
+    data = parse_document("a: 1920\nb: false\nc: 1.5\nd: null\ne: '1920'\n")
+    assert data == {"a": 1920, "b": False, "c": 1.5, "d": None, "e": "1920"}
