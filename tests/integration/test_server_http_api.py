@@ -1,0 +1,259 @@
+"""The server's HTTP API over real HTTP (waitress) with a real SQLite store (issue #2)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from gamepipeline.server.app import RunningServer
+
+from .server_peer import GAME_DOCUMENT, Api, start
+
+pytestmark = pytest.mark.timeout(60)
+
+ORIGINAL = Path(__file__).resolve().parents[1] / "unit" / "pipeline" / "data"
+TEST_PIPELINE = """\
+name: 测试流水线
+description: 用于测试
+steps:
+  - name: 测试步骤1
+    type: container
+    container:
+      image: alpine:3
+      commands:
+        - echo one
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = start(tmp_path / "server.db")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def api(server: RunningServer) -> Api:
+    return Api(server)
+
+
+def post(
+    api: Api, body: bytes | str, query: str = "", **headers: str
+) -> requests.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return requests.post(
+        api.url(f"/api/pipelines{query}"), data=data, headers=headers, timeout=5
+    )
+
+
+# --- the forms a submission takes ----------------------------------------------------------
+
+
+def test_yaml_sent_with_a_json_content_type_is_accepted_as_the_design_document_shows(
+    api: Api,
+) -> None:
+    answer = post(api, TEST_PIPELINE, **{"Content-Type": "application/json"})
+
+    assert answer.status_code == 201, answer.text
+    pipeline_id = answer.json()["id"]
+    assert answer.headers["Location"] == f"/api/pipelines/{pipeline_id}"
+    shown = api.pipeline(pipeline_id)
+    assert (shown["name"], shown["state"]) == ("测试流水线", "pending")
+    assert [s["name"] for s in shown["steps"]] == ["测试步骤1"]
+
+
+def test_args_envs_and_node_come_as_query_parameters(api: Api) -> None:
+    answer = post(
+        api,
+        yaml.safe_dump(GAME_DOCUMENT),
+        "?arg.PORT=9000&env.TOKEN=t0k&node=node-q",
+        **{"Content-Type": "application/x-yaml"},
+    )
+
+    assert answer.status_code == 201, answer.text
+    shown = api.pipeline(answer.json()["id"])
+    assert shown["args"] == {"PORT": "9000"}
+    assert shown["envs"]["given"] == ["TOKEN"]
+    assert shown["node_requested"] == "node-q"
+
+
+def test_envelope_takes_the_document_as_yaml_text_and_numbers_as_values(
+    api: Api,
+) -> None:
+    envelope = {"pipeline": yaml.safe_dump(GAME_DOCUMENT), "args": {"PORT": 8080}}
+
+    answer = post(api, json.dumps(envelope), **{"Content-Type": "application/json"})
+
+    assert answer.status_code == 201, answer.text
+    assert api.pipeline(answer.json()["id"])["args"] == {"PORT": "8080"}
+
+
+def test_json_document_body_is_accepted(api: Api) -> None:
+    answer = post(api, json.dumps(GAME_DOCUMENT), "?arg.PORT=1")
+    assert answer.status_code == 201, answer.text
+
+
+def test_envs_left_out_are_left_to_the_node(api: Api) -> None:
+    answer = post(api, json.dumps(GAME_DOCUMENT), "?arg.PORT=1")
+
+    shown = api.pipeline(answer.json()["id"])
+    assert shown["envs"] == {"declared": ["TOKEN"], "given": []}
+
+
+def test_the_platforms_original_template_is_accepted_with_its_args(api: Api) -> None:
+    text = (ORIGINAL / "start-platform.yaml").read_text()
+    query = "?" + "&".join(
+        f"arg.{name}=x" for name in ("PLATFORM", "INSTANCE", "IMAGE", "HOSTNAME")
+    )
+
+    answer = post(api, text, query + "&arg.PORT=8080")
+
+    assert answer.status_code == 201, answer.text
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "query", "path"),
+    [
+        pytest.param(
+            {
+                "name": "x",
+                "steps": [{"name": "s", "container": {"image": "a", "imgae": "b"}}],
+            },
+            "",
+            "steps[0].container.imgae",
+            id="unknown-field",
+        ),
+        pytest.param(
+            {
+                "name": "x",
+                "steps": [{"name": "s", "container": {"image": "${{ args.T }}"}}],
+            },
+            "",
+            "steps[0].container.image",
+            id="undeclared-arg",
+        ),
+        pytest.param(GAME_DOCUMENT, "", "args.PORT", id="arg-missing"),
+        pytest.param(
+            GAME_DOCUMENT, "?arg.PORT=1&arg.EXTRA=2", "args.EXTRA", id="arg-extra"
+        ),
+        pytest.param(
+            GAME_DOCUMENT, "?arg.PORT=1&color=red", "color", id="unknown-query"
+        ),
+        pytest.param(
+            {"pipeline": GAME_DOCUMENT, "args": {"PORT": "1"}, "nodes": "n"},
+            "",
+            "nodes",
+            id="unknown-envelope-key",
+        ),
+        pytest.param(
+            {"pipeline": GAME_DOCUMENT, "args": {"PORT": None}},
+            "",
+            "args.PORT",
+            id="null-arg",
+        ),
+    ],
+)
+def test_bad_submission_answers_400_naming_the_place_and_stores_nothing(
+    api: Api, body: dict[str, Any], query: str, path: str
+) -> None:
+    answer = post(api, json.dumps(body), query, **{"Content-Type": "application/json"})
+
+    assert answer.status_code == 400, answer.text
+    error = answer.json()
+    assert error["error"]
+    assert any(p["path"] == path for p in error["problems"]), error
+    assert api.pipelines() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"name: [unclosed", b"- just\n- a list\n", b"\xff\xfe not text"],
+    ids=["empty", "yaml-syntax", "not-a-mapping", "not-utf8"],
+)
+def test_unreadable_body_answers_400_with_a_problem_list(api: Api, body: bytes) -> None:
+    answer = post(api, body)
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["problems"]
+    assert api.pipelines() == []
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_list_is_newest_first_and_filters_by_state_and_node(api: Api) -> None:
+    older = api.submit(node="node-a")
+    newer = api.submit(node="node-b")
+    assert api.cancel(older).status_code == 200
+
+    assert [p["id"] for p in api.pipelines()] == [newer, older]
+    assert [p["id"] for p in api.pipelines("?state=canceled")] == [older]
+    assert [p["id"] for p in api.pipelines("?node=node-b")] == [newer]
+    assert [p["id"] for p in api.pipelines("?limit=1")] == [newer]
+
+
+def test_list_with_an_unknown_state_answers_400_naming_the_states(api: Api) -> None:
+    answer = requests.get(api.url("/api/pipelines?state=done"), timeout=5)
+
+    assert answer.status_code == 400
+    assert "completed" in answer.json()["error"]
+
+
+def test_unknown_pipeline_answers_404_in_json(api: Api) -> None:
+    answer = requests.get(api.url("/api/pipelines/missing"), timeout=5)
+
+    assert answer.status_code == 404
+    assert "missing" in answer.json()["error"]
+
+
+def test_unknown_route_answers_json(api: Api) -> None:
+    answer = requests.get(api.url("/api/nothing"), timeout=5)
+
+    assert answer.status_code == 404
+    assert answer.json()["error"]
+
+
+def test_healthz_answers_ok(api: Api) -> None:
+    answer = requests.get(api.url("/healthz"), timeout=5)
+
+    assert answer.status_code == 200 and answer.json()["status"] == "ok"
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_pending_pipeline_ends_it_at_once_and_skips_its_steps(
+    api: Api,
+) -> None:
+    pipeline_id = api.submit(node="node-away")
+
+    answer = api.cancel(pipeline_id)
+
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    assert (shown["state"], shown["reason"]) == ("canceled", "canceled")
+    assert [s["state"] for s in shown["steps"]] == ["skipped", "skipped"]
+    assert shown["finished_at"]
+
+
+def test_cancel_of_a_finished_pipeline_answers_409(api: Api) -> None:
+    pipeline_id = api.submit(node="node-away")
+    api.cancel(pipeline_id)
+
+    answer = api.cancel(pipeline_id)
+
+    assert answer.status_code == 409
+    assert "already ended canceled" in answer.json()["error"]
+
+
+def test_cancel_of_an_unknown_pipeline_answers_404(api: Api) -> None:
+    assert api.cancel("missing").status_code == 404
