@@ -300,18 +300,17 @@ class PipelineRun:
         self.data_dir = self._make_data_dir()
         try:
             outcome, output = self._execute(prepared, translator)
-            cleanup = None
-            if outcome in _STOPPED:
-                cleanup = translator.unfinished_step()
-            if cleanup is None:
-                cleanup = translator.timed_out_step
-            self._send(
-                translator.finish(outcome, detail=self._stop_detail, output=output)
-            )
-            if cleanup is not None:
-                self._remove_step_containers(cleanup, info)
         finally:
+            # Every event is consumed once the runner has ended: the dir can go.
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+        # Clean up before the final report, so that "canceled" means it is all gone.
+        cleanup = translator.unfinished_step() if outcome in _STOPPED else None
+        if cleanup is None:
+            cleanup = translator.timed_out_step
+        if cleanup is not None:
+            self._remove_step_containers(cleanup, info)
+        self._send(translator.finish(outcome, detail=self._stop_detail, output=output))
         log.info("pipeline %s: run ended %s", pid, outcome.value)
 
     def _make_data_dir(self) -> Path:
