@@ -105,7 +105,10 @@ def step_states(servicer: RecordingServicer, pid: str, index: int) -> list[int]:
 
 
 def labelled(engine: docker.DockerClient, pid: str) -> list[Any]:
-    return engine.containers.list(all=True, filters={"label": f"{LABEL}={pid}"})
+    found: list[Any] = engine.containers.list(
+        all=True, filters={"label": f"{LABEL}={pid}"}
+    )
+    return found
 
 
 def test_commands_step_exiting_3_fails_with_its_code_and_output_next_is_skipped(
