@@ -5,13 +5,25 @@ Routes:
 - ``POST /api/pipelines``: submit a pipeline (see ``submission`` for the body forms);
   201 with ``{"id": ..., "state": "pending"}`` and ``Location: /api/pipelines/<id>``.
 - ``GET /api/pipelines``: ``{"pipelines": [summary, ...]}`` newest first; filters
-  ``?state=running``, ``?node=NODE_ID`` and ``?limit=N`` (at most 1000).
+  ``?state=running``, ``?node=NODE_ID``, ``?template=NAME`` (the pipeline's name) and
+  ``?limit=N`` (at most 1000).
 - ``GET /api/pipelines/<id>``: the pipeline with its steps. Env values are never shown,
   only which envs were given at submission.
 - ``POST /api/pipelines/<id>/cancel``: 200 with the pipeline once canceled (pending) or
   202 while its node stops it (running); 409 when it already ended.
-- ``GET /api/nodes``: ``{"nodes": [...]}`` with each node's state and load.
+- ``GET /api/nodes``: ``{"nodes": [...]}`` with each node's state and load;
+  ``GET /api/nodes/<id>``: one of them. A node's ``state`` is ``disabled`` or
+  ``maintenance`` when an operator put it there, else ``online`` or ``offline``;
+  ``connected`` says whether its agent is there either way.
+- ``POST /api/nodes/<id>/maintenance``: the node takes no new pipelines and finishes
+  what it runs. ``POST /api/nodes/<id>/disable``: the same, and its pending and running
+  pipelines are canceled. ``POST /api/nodes/<id>/enable``: back in service. Each
+  answers 200 with the node.
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the database answers.
+  ``GET /readyz``: 200 once the agents' gRPC service and the dispatcher run as well,
+  503 otherwise.
+- ``GET /metrics``: Prometheus metrics (see ``metrics``).
+- ``GET /``: the dashboard, a static page that uses this same API.
 
 Every error answers JSON ``{"error": sentence, "problems": [{"path", "message"}]}``, with
 the status from ``HTTP_STATUS``, here and nowhere else.
@@ -20,10 +32,11 @@ the status from ``HTTP_STATUS``, here and nowhere else.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from gamepipeline import __version__
@@ -37,7 +50,15 @@ from gamepipeline.server.errors import (
     UnsupportedProtocol,
     WrongNode,
 )
-from gamepipeline.server.store import NodeRecord, PipelineRecord, StepRecord, Store
+from gamepipeline.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gamepipeline.server.metrics import Metrics
+from gamepipeline.server.store import (
+    NodeMode,
+    NodeRecord,
+    PipelineRecord,
+    StepRecord,
+    Store,
+)
 from gamepipeline.server.submission import prepare, read_submission
 
 log = logging.getLogger(__name__)
@@ -69,8 +90,17 @@ def http_status(error: ServerError) -> int:
     return 500
 
 
-def create_app(store: Store, dispatch: Dispatch) -> Flask:
-    app = Flask(__name__)
+def create_app(
+    store: Store,
+    dispatch: Dispatch,
+    *,
+    metrics: Metrics | None = None,
+    ready: Callable[[], bool] | None = None,
+) -> Flask:
+    app = Flask(__name__)  # serves the dashboard's files from server/static/
+    if metrics is None:
+        metrics = Metrics()
+        metrics.watch_store(store)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -97,7 +127,10 @@ def create_app(store: Store, dispatch: Dispatch) -> Flask:
         state = _state_filter(request.args.get("state"))
         limit = _limit(request.args.get("limit"))
         records = store.list_pipelines(
-            state=state, node_id=request.args.get("node") or None, limit=limit
+            state=state,
+            node_id=request.args.get("node") or None,
+            template=request.args.get("template") or None,
+            limit=limit,
         )
         return jsonify({"pipelines": [_summary(r) for r in records]})
 
@@ -123,12 +156,73 @@ def create_app(store: Store, dispatch: Dispatch) -> Flask:
             {"nodes": [_node(n, load.get(n.node_id, 0)) for n in store.list_nodes()]}
         )
 
+    @app.get("/api/nodes/<node_id>")
+    def show_node(node_id: str) -> Response:
+        node = store.get_node(node_id)
+        return jsonify(_node(node, store.active_counts().get(node_id, 0)))
+
+    @app.post("/api/nodes/<node_id>/<action>")
+    def change_node(node_id: str, action: str) -> Response:
+        mode = NODE_ACTIONS.get(action)
+        if mode is None:
+            raise NotFound(
+                f"POST /api/nodes/{node_id}/{action}: there is no node action "
+                f"{action!r}; use one of {', '.join(NODE_ACTIONS)}"
+            )
+        node = store.set_node_mode(node_id, mode)
+        if mode is NodeMode.DISABLED:
+            _cancel_all_on(node_id, store, dispatch)
+        dispatch.wake()  # a node back in service may take queued pipelines
+        return jsonify(_node(node, store.active_counts().get(node_id, 0)))
+
     @app.get("/healthz")
     def healthz() -> Response:
         store.ping()
         return jsonify({"status": "ok", "version": __version__})
 
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        store.ping()
+        if ready is not None and not ready():
+            body = {"status": "starting", "detail": "the gRPC service is not serving"}
+            return jsonify(body), 503
+        return jsonify({"status": "ready", "version": __version__}), 200
+
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        assert metrics is not None
+        return Response(metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/")
+    def dashboard() -> Response:
+        assert app.static_folder is not None
+        return send_from_directory(app.static_folder, "index.html")
+
     return app
+
+
+NODE_ACTIONS: Final = {
+    "maintenance": NodeMode.MAINTENANCE,
+    "disable": NodeMode.DISABLED,
+    "enable": NodeMode.ACTIVE,
+}
+
+
+def _cancel_all_on(node_id: str, store: Store, dispatch: Dispatch) -> None:
+    """Cancel every pending and running pipeline of a node being disabled."""
+    for pipeline_id in store.active_on_node(node_id):
+        try:
+            outcome = store.cancel(pipeline_id)
+        except Conflict:
+            continue  # it ended meanwhile
+        if outcome.node_id is not None:
+            dispatch.cancel_on_node(pipeline_id, outcome.node_id)
+        log.info(
+            "canceling pipeline %s: node %s was disabled",
+            pipeline_id,
+            node_id,
+            extra={"pipeline_id": pipeline_id, "node_id": node_id},
+        )
 
 
 def _error(message: str, problems: list[Problem] | None = None) -> Response:
@@ -229,7 +323,11 @@ def _node(node: NodeRecord, active: int) -> dict[str, Any]:
         "capacity": node.capacity,
         "active_pipelines": active,
         "agent_version": node.agent_version,
-        "state": "online" if node.online else "offline",
+        "state": node.mode.value
+        if node.mode is not NodeMode.ACTIVE
+        else ("online" if node.online else "offline"),
+        "mode": node.mode.value,
+        "connected": node.online,
         "connected_at": _time(node.connected_at_ms),
         "last_heartbeat_at": _time(node.last_heartbeat_ms),
         "offline_since": _time(node.offline_since_ms),

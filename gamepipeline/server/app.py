@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from waitress import wasyncore
 from waitress.server import create_server
 
@@ -26,6 +27,7 @@ from gamepipeline.proto import gamepipeline_pb2_grpc as pb_grpc
 from gamepipeline.server.api import create_app
 from gamepipeline.server.dispatcher import NODE_LOST_AFTER_SECONDS, Dispatcher
 from gamepipeline.server.grpc_service import PipelineService
+from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.store import Store
 from gamepipeline.wire import NODE_OFFLINE_AFTER_SECONDS, SERVER_OPTIONS
 
@@ -38,6 +40,8 @@ HTTP_THREADS: Final = 8
 STARTUP_TIMEOUT_SECONDS: Final = 30.0
 #: How often the HTTP thread looks up from its sockets to see whether to stop.
 HTTP_POLL_SECONDS: Final = 0.2
+#: The agents' service, as the gRPC health service names it.
+GRPC_SERVICE_NAME: Final = "beaglewind.gamepipeline.v1.GamePipelineGRPCService"
 
 
 class StartupError(RuntimeError):
@@ -83,8 +87,11 @@ def start_server(
     if was_online:
         log.info("nodes %s are offline until their agents reconnect", was_online)
 
+    metrics = Metrics()
+    metrics.watch_store(store)
     dispatcher_box: list[Dispatcher] = []
     started = threading.Event()
+    serving = threading.Event()
     outcome: dict[str, Any] = {}
 
     async def main() -> None:
@@ -92,12 +99,15 @@ def start_server(
             store,
             offline_after=offline_after_seconds,
             node_lost_after=node_lost_after_seconds,
+            metrics=metrics,
         )
         dispatcher_box.append(dispatcher)
         server = grpc.aio.server(options=list(SERVER_OPTIONS))
         pb_grpc.add_GamePipelineGRPCServiceServicer_to_server(
-            PipelineService(store, dispatcher), server
+            PipelineService(store, dispatcher, metrics), server
         )
+        health_service = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
         try:
             port = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
             await server.start()
@@ -108,9 +118,14 @@ def start_server(
         stopping = asyncio.Event()
         outcome.update(port=port, loop=asyncio.get_running_loop(), stopping=stopping)
         dispatch_task = asyncio.create_task(dispatcher.run())
+        for service in ("", GRPC_SERVICE_NAME):
+            await health_service.set(service, health_pb2.HealthCheckResponse.SERVING)
+        serving.set()
         started.set()
 
         await stopping.wait()
+        serving.clear()
+        await health_service.enter_graceful_shutdown()
         dispatch_task.cancel()
         await server.stop(STOP_GRACE_SECONDS)
 
@@ -125,7 +140,7 @@ def start_server(
             f"{outcome.get('error', 'timed out')}; pick a free port or stop what holds it"
         )
 
-    app = create_app(store, dispatcher_box[0])
+    app = create_app(store, dispatcher_box[0], metrics=metrics, ready=serving.is_set)
     try:
         http = create_server(app, host=http_host, port=http_port, threads=HTTP_THREADS)
     except OSError as err:

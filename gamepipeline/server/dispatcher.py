@@ -5,7 +5,8 @@ node and runs a pass whenever something changes (a submission, a node connecting
 pipeline ending) and once a second in any case:
 
 - every pending pipeline goes to a node: the one it names, queued while that node is
-  offline or full, or else the connected node with the most free slots. A node never
+  offline, full, in maintenance or disabled, or else the connected active node with the
+  most free slots. A node never
   holds more pending and running pipelines than the capacity it declared. The pipeline is
   marked assigned in the store before its message is queued, so a crash in between can
   only leave it assigned and unsent, and it is sent again when the node reconnects;
@@ -14,8 +15,8 @@ pipeline ending) and once a second in any case:
   pipelines fail with the reason ``node_lost`` and pending ones it never acknowledged go
   back to the queue.
 
-Other threads (the HTTP API) reach the dispatcher only through ``wake`` and
-``cancel_on_node``, which are safe to call from any thread.
+Other threads (the HTTP API) reach the dispatcher only through ``wake``,
+``cancel_on_node`` and ``connected_count``, which are safe to call from any thread.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from gamepipeline import __version__
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.errors import NotFound
 from gamepipeline.server.messages import pipeline_message
-from gamepipeline.server.store import PipelineRecord, Store
+from gamepipeline.server.metrics import Metrics
+from gamepipeline.server.store import NodeMode, PipelineRecord, Store
 from gamepipeline.wire import (
     HEARTBEAT_INTERVAL_SECONDS,
     NODE_OFFLINE_AFTER_SECONDS,
@@ -93,8 +95,11 @@ class Dispatcher:
         *,
         offline_after: float = NODE_OFFLINE_AFTER_SECONDS,
         node_lost_after: float = NODE_LOST_AFTER_SECONDS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
+        self._metrics.count_agents_with(self.connected_count)
         self.offline_after = offline_after
         self.node_lost_after = node_lost_after
         # A third of the offline limit, so that two lost heartbeats never flap a node.
@@ -116,6 +121,10 @@ class Dispatcher:
         """Ask ``node_id`` to stop ``pipeline_id``; delivered on its next stream if away."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._send_cancel, pipeline_id, node_id)
+
+    def connected_count(self) -> int:
+        """How many agents have an open stream now."""
+        return len(self._sessions)
 
     # the loop
 
@@ -289,11 +298,12 @@ class Dispatcher:
 
     def _dispatch_pending(self) -> None:
         load = self._store.active_counts()
+        closed = self._store.closed_nodes()
         for record in self._store.pending_pipelines():
             if record.node_assigned is not None:
                 self._resend(record)
                 continue
-            session, waiting = self._choose(record, load)
+            session, waiting = self._choose(record, load, closed)
             if session is None:
                 if record.message != waiting:
                     self._store.set_waiting_message(record.id, waiting)
@@ -301,12 +311,23 @@ class Dispatcher:
             if self._store.assign(record.id, session.node_id):
                 load[session.node_id] = load.get(session.node_id, 0) + 1
                 self._hand_over(session, record.id)
+                waited = max(0, self._store.now_ms() - record.created_at_ms) / 1000
+                self._metrics.dispatch_latency.observe(waited)
 
     def _choose(
-        self, record: PipelineRecord, load: dict[str, int]
+        self,
+        record: PipelineRecord,
+        load: dict[str, int],
+        closed: dict[str, NodeMode],
     ) -> tuple[AgentSession | None, str]:
         """The session to run a pipeline on, or None and why it waits."""
         if record.node_requested is not None:
+            mode = closed.get(record.node_requested)
+            if mode is not None:
+                return None, (
+                    f"waiting for node {record.node_requested}, which is {mode}, "
+                    "to be put back in service"
+                )
             session = self._sessions.get(record.node_requested)
             if session is None:
                 return None, f"waiting for node {record.node_requested} to connect"
@@ -319,10 +340,10 @@ class Dispatcher:
         free = [
             (session.capacity - load.get(node_id, 0), node_id, session)
             for node_id, session in self._sessions.items()
-            if load.get(node_id, 0) < session.capacity
+            if load.get(node_id, 0) < session.capacity and node_id not in closed
         ]
         if not free:
-            return None, "waiting for a connected node with a free slot"
+            return None, "waiting for a connected node in service with a free slot"
         free.sort(key=lambda item: (-item[0], item[1]))
         return free[0][2], ""
 
@@ -341,4 +362,9 @@ class Dispatcher:
         session.send(
             pb.PipelineStreamResponse(pipeline=pipeline_message(record, steps))
         )
-        log.info("dispatched pipeline %s to node %s", pipeline_id, session.node_id)
+        log.info(
+            "dispatched pipeline %s to node %s",
+            pipeline_id,
+            session.node_id,
+            extra={"pipeline_id": pipeline_id, "node_id": session.node_id},
+        )

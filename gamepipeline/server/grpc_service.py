@@ -44,7 +44,8 @@ from gamepipeline.server.errors import (
     WrongNode,
 )
 from gamepipeline.server.messages import pipeline_report, step_report
-from gamepipeline.server.store import Store
+from gamepipeline.server.metrics import Metrics
+from gamepipeline.server.store import StepReport, Store
 from gamepipeline.wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,12 @@ def grpc_status(error: ServerError) -> grpc.StatusCode:
 
 
 class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
-    def __init__(self, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, metrics: Metrics | None = None
+    ) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._metrics = metrics or Metrics()
 
     async def PipelineStream(
         self, request_iterator: AsyncIterator[pb.PipelineStreamRequest], context: Any
@@ -128,8 +132,12 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
             report = pipeline_report(request)
             outcome = self._store.apply_pipeline_report(report)
         except ServerError as err:
+            self._metrics.rejected("pipeline")
             await context.abort(grpc_status(err), err.message)
             raise  # not reached: abort raises
+        self._metrics.report(
+            "pipeline", applied=outcome.applied, duplicate=outcome.duplicate
+        )
         if outcome.applied and report.state is not PipelineState.RUNNING:
             self._dispatcher.wake()  # a slot came free
         return pb.UpdatePipelineStatusResponse(
@@ -140,13 +148,29 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
         self, request: pb.UpdateStepStatusRequest, context: Any
     ) -> pb.UpdateStepStatusResponse:
         try:
-            outcome = self._store.apply_step_report(step_report(request))
+            report = step_report(request)
+            outcome = self._store.apply_step_report(report)
         except ServerError as err:
+            self._metrics.rejected("step")
             await context.abort(grpc_status(err), err.message)
             raise  # not reached: abort raises
+        self._metrics.report(
+            "step", applied=outcome.applied, duplicate=outcome.duplicate
+        )
+        if outcome.applied and report.state.is_final:
+            self._observe_step(report)
         return pb.UpdateStepStatusResponse(
             applied=outcome.applied, duplicate=outcome.duplicate, detail=outcome.detail
         )
+
+    def _observe_step(self, report: StepReport) -> None:
+        """Time a step that just ended, if it ever started."""
+        steps = self._store.get_steps(report.pipeline_id)
+        step = steps[report.step_index]
+        if step.started_at_ms is None or step.finished_at_ms is None:
+            return
+        seconds = max(0, step.finished_at_ms - step.started_at_ms) / 1000
+        self._metrics.step_duration.labels(step.type, step.state.value).observe(seconds)
 
 
 async def _registration(

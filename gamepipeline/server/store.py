@@ -12,6 +12,7 @@ verdicts and says nothing about the wire.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sqlite3
@@ -51,6 +52,18 @@ MESSAGE_LIMIT: Final = 2_000
 BUSY_TIMEOUT_SECONDS: Final = 10.0
 
 _ACTIVE = (PipelineState.PENDING.value, PipelineState.RUNNING.value)
+
+
+class NodeMode(enum.StrEnum):
+    """What an operator allows a node to do; kept apart from whether it is connected.
+
+    ``active`` takes new pipelines; ``maintenance`` finishes what it runs and takes no
+    new ones; ``disabled`` takes no new ones and had its running pipelines canceled.
+    """
+
+    ACTIVE = "active"
+    MAINTENANCE = "maintenance"
+    DISABLED = "disabled"
 
 
 def wall_clock_ms() -> int:
@@ -113,6 +126,7 @@ class NodeRecord:
     connected_at_ms: int | None
     last_heartbeat_ms: int | None
     offline_since_ms: int | None
+    mode: NodeMode = NodeMode.ACTIVE
 
 
 @dataclass(frozen=True)
@@ -305,6 +319,11 @@ class Store:
                 pk="node_id",
                 if_not_exists=True,
             )
+            # Added after the first release: databases made before it gain the column.
+            if "mode" not in db.table("nodes").columns_dict:
+                db.table("nodes").add_column(
+                    "mode", str, not_null_default=NodeMode.ACTIVE.value
+                )
             pipelines = db.table("pipelines")
             pipelines.create_index(["state", "created_at_ms"], if_not_exists=True)
             pipelines.create_index(["node_assigned", "state"], if_not_exists=True)
@@ -381,9 +400,11 @@ class Store:
         *,
         state: PipelineState | None = None,
         node_id: str | None = None,
+        template: str | None = None,
         limit: int = 100,
     ) -> list[PipelineRecord]:
-        """Pipelines newest first, optionally only those in a state or on a node."""
+        """Pipelines newest first, optionally only those in a state, on a node or
+        made from a template (the pipeline's ``name``)."""
         where, params = ["1 = 1"], []
         if state is not None:
             where.append("state = ?")
@@ -391,6 +412,9 @@ class Store:
         if node_id is not None:
             where.append("(node_assigned = ? OR node_requested = ?)")
             params += [node_id, node_id]
+        if template is not None:
+            where.append("name = ?")
+            params.append(template)
         sql = (
             f"SELECT * FROM pipelines WHERE {' AND '.join(where)} "
             "ORDER BY created_at_ms DESC, rowid DESC LIMIT ?"
@@ -404,6 +428,23 @@ class Store:
             [PipelineState.PENDING.value],
         )
         return [_pipeline(row) for row in rows]
+
+    def count_by_state_and_template(self) -> dict[tuple[str, str], int]:
+        """How many pipelines are in each (state, template name) pair."""
+        rows = self._db().query(
+            "SELECT state, name, COUNT(*) AS n FROM pipelines GROUP BY state, name"
+        )
+        return {(row["state"], row["name"]): row["n"] for row in rows}
+
+    def queue_depth(self) -> int:
+        """Pending pipelines that no node has been given yet."""
+        row = _one(
+            self._db(),
+            "SELECT COUNT(*) AS n FROM pipelines "
+            "WHERE state = ? AND node_assigned IS NULL",
+            [PipelineState.PENDING.value],
+        )
+        return int(row["n"]) if row else 0
 
     def active_counts(self) -> dict[str, int]:
         """How many pending or running pipelines each node holds."""
@@ -732,6 +773,41 @@ class Store:
             )
         return ids
 
+    def get_node(self, node_id: str) -> NodeRecord:
+        row = _one(self._db(), "SELECT * FROM nodes WHERE node_id = ?", [node_id])
+        if row is None:
+            raise NotFound(
+                f"node {node_id!r} does not exist; list nodes with GET /api/nodes to "
+                "find its id (a node exists once its agent has registered)"
+            )
+        return _node(row)
+
+    def set_node_mode(self, node_id: str, mode: NodeMode) -> NodeRecord:
+        """Put a registered node in ``mode``; answer the node as it is now."""
+        self.get_node(node_id)
+        with self._write() as db:
+            db.execute(
+                "UPDATE nodes SET mode = ? WHERE node_id = ?", [mode.value, node_id]
+            )
+        log.info("node %s is now %s", node_id, mode, extra={"node_id": node_id})
+        return self.get_node(node_id)
+
+    def closed_nodes(self) -> dict[str, NodeMode]:
+        """Nodes that take no new pipelines (in maintenance or disabled), with why."""
+        rows = self._db().query(
+            "SELECT node_id, mode FROM nodes WHERE mode != ?", [NodeMode.ACTIVE.value]
+        )
+        return {row["node_id"]: NodeMode(row["mode"]) for row in rows}
+
+    def active_on_node(self, node_id: str) -> list[str]:
+        """Ids of the pending and running pipelines assigned to a node."""
+        rows = self._db().query(
+            "SELECT id FROM pipelines WHERE node_assigned = ? AND state IN (?, ?) "
+            "ORDER BY created_at_ms",
+            [node_id, *_ACTIVE],
+        )
+        return [row["id"] for row in rows]
+
     def list_nodes(self) -> list[NodeRecord]:
         rows = self._db().query("SELECT * FROM nodes ORDER BY node_id")
         return [_node(row) for row in rows]
@@ -813,6 +889,7 @@ def _node(row: Mapping[str, Any]) -> NodeRecord:
         connected_at_ms=row["connected_at_ms"],
         last_heartbeat_ms=row["last_heartbeat_ms"],
         offline_since_ms=row["offline_since_ms"],
+        mode=NodeMode(row.get("mode") or NodeMode.ACTIVE.value),
     )
 
 
