@@ -4,7 +4,8 @@
 SIGINT. ``start_agent(config)`` starts the same agent in background threads and returns a
 ``RunningAgent`` whose ``stop()`` ends it, for tests and embedding.
 
-When the agent stops, every run still going is ended by the agent itself: ansible-runner
+When the agent starts, it settles the runs a previous agent on the same work dir left
+unfinished (``recovery``). When the agent stops, every run still going is ended by the agent itself: ansible-runner
 is stopped, the container of the step that had not finished is removed, and the pipeline
 fails with the reason AGENT_RESTARTED ("the agent stopped during step N"). Its reports are
 journaled and delivered if the server is reachable, or by the next agent started on the
@@ -22,6 +23,8 @@ from typing import Any
 from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
 from gamepipeline.agent.events import Report
+from gamepipeline.agent.markers import ActiveRuns
+from gamepipeline.agent.recovery import settle_interrupted_runs
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
 from gamepipeline.proto import gamepipeline_pb2 as pb
@@ -56,6 +59,7 @@ class Agent:
         self._config = config
         self._reporter = reporter
         self._janitor = janitor or ContainerJanitor()
+        self.active = ActiveRuns(config.active_dir)
         self._runs: dict[str, PipelineRun] = {}
         self._lock = threading.Lock()
         self._accepting = True
@@ -83,6 +87,7 @@ class Agent:
                 emit=self._emit,
                 on_done=self._forget,
                 janitor=self._janitor,
+                active=self.active,
             )
             self._runs[pid] = run
         log.info("node %s: starting pipeline %s", node, pid)
@@ -98,6 +103,10 @@ class Agent:
                 f"({self._config.capacity} pipelines running)"
             )
         return ""
+
+    def settle_interrupted(self) -> list[str]:
+        """Settle the runs a previous agent on this work dir left unfinished."""
+        return settle_interrupted_runs(self.active, self._reporter, self._janitor)
 
     def handle_cancel(self, cancel: pb.CancelPipeline) -> None:
         with self._lock:
@@ -158,6 +167,14 @@ class RunningAgent:
             self.config.node_id,
             self.config.server_address,
         )
+        settled = self.agent.settle_interrupted()
+        if settled:
+            log.warning(
+                "node %s: failed %d pipelines the last agent left unfinished: %s",
+                self.config.node_id,
+                len(settled),
+                ", ".join(settled),
+            )
         self.reporter.start()
         self._thread.start()
 

@@ -53,5 +53,9 @@ class AgentConfig:
         return Path(self.work_dir) / "runs"
 
     @property
+    def active_dir(self) -> Path:
+        return Path(self.work_dir) / "active"
+
+    @property
     def journal_dir(self) -> Path:
         return Path(self.work_dir) / "journal"

@@ -11,7 +11,10 @@ Rules it keeps:
   done (a later step's task starts, or the play ends well);
 - a failed or unreachable task fails its step with the module's own message; for a step
   whose container ran to its end, the exit code (the module's ``status``) and the last
-  lines of its output travel with it;
+  lines of its output travel with it. A step whose container ran to its end and exited 0
+  sends the last lines of its output with its ``completed`` report;
+- the values of the pipeline's envs (secrets, some of them) never leave in a report: each
+  is replaced by ``***`` in messages and output tails;
 - a task that ran out of its ``timeout`` fails with the reason TIMEOUT, never CANCELED;
 - steps after a failed, timed-out or canceled one are skipped;
 - the pipeline ends in exactly one of completed, failed or canceled, and a run that fails
@@ -20,11 +23,12 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
@@ -36,6 +40,12 @@ OUTPUT_TAIL_CHARS = 4096
 
 MESSAGE_CHARS = 2048
 """Upper bound on a report's message."""
+
+MIN_SECRET_CHARS: Final = 4
+"""Env values shorter than this are not masked: a port or a flag such as ``udp`` would
+otherwise turn every number and word like it in an output into ``***``."""
+
+MASK: Final = "***"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ERROR_LINE = re.compile(r"^(\[ERROR\]:|ERROR!|fatal:)\s*")
@@ -106,6 +116,24 @@ def tail(
     return kept[-chars:]
 
 
+def mask_secrets(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``***``.
+
+    ``secrets`` must be longest first, so that a secret holding another one is masked
+    whole; ``secret_values`` prepares them so.
+    """
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def secret_values(values: Iterable[str]) -> list[str]:
+    """The values worth masking, longest first."""
+    kept = {value for value in values if len(value) >= MIN_SECRET_CHARS}
+    return sorted(kept, key=lambda value: (-len(value), value))
+
+
 def first_error_line(lines: Iterable[str]) -> str | None:
     """The first line Ansible marked as an error, else the first non-blank line."""
     first_text: str | None = None
@@ -136,6 +164,7 @@ class EventTranslator:
         tasks_per_step: how many tasks each step has in the compiled play, when known;
             a step is then completed as soon as its last task is done instead of when
             the next step starts.
+        secrets: the pipeline's env values, masked in every report's text.
     """
 
     def __init__(
@@ -143,7 +172,10 @@ class EventTranslator:
         step_names: Sequence[str],
         step_of_task: Callable[[str], int | None],
         tasks_per_step: Sequence[int] | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
+        self._secrets = secret_values(secrets)
+        self._step_output: dict[int, str] = {}
         self._names = list(step_names)
         self._step_of_task = step_of_task
         self._tasks_per_step = list(tasks_per_step) if tasks_per_step else None
@@ -194,6 +226,9 @@ class EventTranslator:
 
     def feed(self, event: Mapping[str, Any]) -> list[Report]:
         """Reports called for by one ansible-runner event."""
+        return self._masked(self._feed(event))
+
+    def _feed(self, event: Mapping[str, Any]) -> list[Report]:
         if self._finished:
             return []
         stdout = event.get("stdout")
@@ -206,7 +241,10 @@ class EventTranslator:
         step = self._step_of(data)
         if kind in ("playbook_on_task_start", "runner_on_start"):
             return self._on_task_start(step)
-        if kind in ("runner_on_ok", "runner_on_skipped"):
+        if kind == "runner_on_ok":
+            self._keep_output(step, data)
+            return self._on_task_done(step)
+        if kind == "runner_on_skipped":
             return self._on_task_done(step)
         if kind == "runner_on_failed":
             if data.get("ignore_errors"):
@@ -228,6 +266,11 @@ class EventTranslator:
             output: the runner's stdout lines, for a run that failed without saying
                 why in its events.
         """
+        return self._masked(self._finish(outcome, detail=detail, output=output))
+
+    def _finish(
+        self, outcome: RunOutcome, *, detail: str, output: Sequence[str]
+    ) -> list[Report]:
         if self._finished:
             return []
         self._finished = True
@@ -284,6 +327,9 @@ class EventTranslator:
         """The closing reports for a pipeline that could not be prepared on the node
         (a document the pipeline language refuses): nothing ran, every step is skipped
         and the pipeline fails with the reason REJECTED."""
+        return self._masked(self._reject(message))
+
+    def _reject(self, message: str) -> list[Report]:
         if self._finished:
             return []
         self._finished = True
@@ -299,7 +345,33 @@ class EventTranslator:
         )
         return reports
 
+    def _masked(self, reports: list[Report]) -> list[Report]:
+        if not self._secrets:
+            return reports
+        masked: list[Report] = []
+        for report in reports:
+            message = mask_secrets(report.message, self._secrets)
+            if isinstance(report, StepReport):
+                output = mask_secrets(report.output_tail, self._secrets)
+                masked.append(
+                    dataclasses.replace(report, message=message, output_tail=output)
+                )
+            else:
+                masked.append(dataclasses.replace(report, message=message))
+        return masked
+
     # -- event handling ----------------------------------------------------------------
+
+    def _keep_output(self, step: int | None, data: Mapping[str, Any]) -> None:
+        """Keep the output of a container that ran to its end, for its step's report."""
+        if step is None or not str(data.get("task_action") or "").endswith(
+            "docker_container"
+        ):
+            return
+        container = (data.get("res") or {}).get("container")
+        output = container.get("Output") if isinstance(container, Mapping) else None
+        if isinstance(output, str) and output.strip():
+            self._step_output[step] = tail(strip_ansi(output))
 
     def _step_of(self, data: Mapping[str, Any]) -> int | None:
         task = data.get("task")
@@ -416,7 +488,8 @@ class EventTranslator:
         step = self._current
         if step is None or self._states[step] != pb.STEP_STATE_RUNNING:
             return []
-        return [self._set(step, state, reason, message)]
+        output = self._step_output.get(step, "")
+        return [self._set(step, state, reason, message, output_tail=output)]
 
     def _skip_rest(self, reason: pb.EndReason.ValueType, message: str) -> list[Report]:
         return [

@@ -34,7 +34,14 @@ from typing import Any
 import ansible_runner
 
 from gamepipeline import pipeline as language
-from gamepipeline.agent.events import EventTranslator, Report, RunOutcome
+from gamepipeline.agent.events import (
+    EventTranslator,
+    PipelineReport,
+    Report,
+    RunOutcome,
+    StepReport,
+)
+from gamepipeline.agent.markers import ActiveRuns
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -189,6 +196,7 @@ class PipelineRun:
             run's thread; the pipeline's final state comes last and exactly once.
         on_done: called with the run once it has ended and cleaned up.
         janitor: removes the containers of a step that will not finish.
+        active: keeps this run's marker on disk while it is in progress.
     """
 
     def __init__(
@@ -200,6 +208,7 @@ class PipelineRun:
         emit: Emit,
         on_done: Callable[[PipelineRun], None] | None = None,
         janitor: ContainerJanitor | None = None,
+        active: ActiveRuns | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.pipeline_id = pipeline.id
@@ -208,6 +217,7 @@ class PipelineRun:
         self._emit = emit
         self._on_done = on_done
         self._janitor = janitor or ContainerJanitor()
+        self._active = active
         self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stop_reason: RunOutcome | None = None
@@ -272,6 +282,12 @@ class PipelineRun:
     def _send(self, reports: list[Report]) -> None:
         for report in reports:
             self._emit(self.pipeline_id, report)
+            if self._active is None:
+                continue
+            if isinstance(report, StepReport) and report.state == pb.STEP_STATE_RUNNING:
+                self._active.update_step(self.pipeline_id, report.step_index)
+            elif isinstance(report, PipelineReport) and report.final:
+                self._active.remove(self.pipeline_id)
 
     def _run(self) -> None:
         pid = self.pipeline_id
@@ -291,13 +307,25 @@ class PipelineRun:
             names, language.step_index_of_task, info.tasks_per_step
         )
         self._translator = translator
+        self.data_dir = self._make_data_dir()
+        if self._active is not None:
+            # Before the first report, so a restart at any point finds the run.
+            self._active.record(
+                pid,
+                {
+                    "data_dir": str(self.data_dir),
+                    "steps": info.step_count,
+                    "step": -1,
+                    "containers": {str(k): v for k, v in info.containers.items()},
+                },
+            )
         self._send(translator.start())
         if self._stop.is_set():
+            shutil.rmtree(self.data_dir, ignore_errors=True)
             outcome = self._outcome("canceled")
             self._send(translator.finish(outcome, detail=self._stop_detail))
             return
 
-        self.data_dir = self._make_data_dir()
         try:
             outcome, output = self._execute(prepared, translator)
         finally:
