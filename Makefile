@@ -47,3 +47,13 @@ images: docker
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (issue 8): prints a table, writes benchmarks/results.json; PROFILE=1 also
+# records py-spy profiles in benchmarks/profiles/. benchmarks/RESULTS.md is the record.
+.PHONY: bench
+bench: venv images $(VENV)/.bench-installed
+	$(PY) -m benchmarks $(if $(PROFILE),--profile) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ONLY),--only $(ONLY))
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@

@@ -1,0 +1,260 @@
+"""Benchmark 1: submit to running, against ``docker run -d`` of the same containers.
+
+A one-step service pipeline and a three-step demo-like pipeline are submitted over HTTP
+to a real server with a real agent; a round's time runs from just before the POST to the
+first poll (every 20 ms) that finds the pipeline completed. The baseline is ``docker run
+-d`` (the CLI, as an operator would type it) of the same containers with the same
+options, one after another for the three-step case. Rounds alternate which of the two
+goes first; every container is removed between rounds, outside the timed part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from benchmarks.common import (
+    BENCH_LABEL,
+    PIPELINE_LABEL,
+    Profiler,
+    percentile,
+    start_agent,
+    start_server,
+    summary_ms,
+    wait_final,
+)
+
+BUSYBOX = "gamepipeline/stand-in:busybox"
+GAME = "game-server:latest"
+
+
+def one_step(prefix: str) -> tuple[dict[str, Any], list[list[str]]]:
+    """The one-step pipeline and the ``docker run`` argv of its container."""
+    name = f"{prefix}-svc"
+    document = {
+        "name": "bench-one-step",
+        "steps": [
+            {
+                "name": "service",
+                "type": "service",
+                "container": {
+                    "image": BUSYBOX,
+                    "container_name": name,
+                    "labels": {BENCH_LABEL: "1"},
+                },
+            }
+        ],
+    }
+    runs = [["--name", name, "--label", f"{BENCH_LABEL}=1", BUSYBOX]]
+    return document, runs
+
+
+def three_step(prefix: str, workdir: Path) -> tuple[dict[str, Any], list[list[str]]]:
+    """A demo-like pipeline (database, game server, sidecar) and its three runs.
+
+    Like pipelines/demo.yaml, but with names, a data dir and no host ports of its own,
+    so that it never meets a demo someone else is running.
+    """
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    db_env = {"MYSQL_ROOT_PASSWORD": "secret"}
+    game_env = {
+        "DB_HOST": "localhost",
+        "DB_PORT": "3306",
+        "TZ": "Asia/Shanghai",
+        "DISPLAY_SIZEW": "1920",
+        "DISPLAY_SIZEH": "1080",
+        "SELKIES_ENCODER": "nvh264enc",
+        "SELKIES_FRAMERATE": "30",
+        "SELKIES_ENABLE_RESIZE": "false",
+        "PASSWD": "pa$$word",
+    }
+    names = [f"{prefix}-db", f"{prefix}-game", f"{prefix}-sidecar"]
+    labels = {BENCH_LABEL: "1"}
+    document = {
+        "name": "bench-three-step",
+        "steps": [
+            {
+                "name": "database",
+                "container": {
+                    "image": BUSYBOX,
+                    "container_name": names[0],
+                    "environment": db_env,
+                    "volumes": [f"{data}/db:/var/lib/mysql"],
+                    "labels": labels,
+                },
+            },
+            {
+                "name": "game server",
+                "container": {
+                    "image": GAME,
+                    "container_name": names[1],
+                    "hostname": "gamenode-bench",
+                    "security_opt": ["seccomp=unconfined"],
+                    "cap_add": ["SYS_RAWIO"],
+                    "tmpfs": ["/dev/shm:rw"],
+                    "volumes": [f"{data}/game:/app/data"],
+                    "environment": game_env,
+                    "labels": labels,
+                },
+            },
+            {
+                "name": "sidecar",
+                "type": "service",
+                "container": {
+                    "image": BUSYBOX,
+                    "container_name": names[2],
+                    "labels": labels,
+                },
+            },
+        ],
+    }
+    label = ["--label", f"{BENCH_LABEL}=1"]
+    runs = [
+        ["--name", names[0], *label, "-v", f"{data}/db:/var/lib/mysql"]
+        + [a for k, v in db_env.items() for a in ("-e", f"{k}={v}")]
+        + [BUSYBOX],
+        ["--name", names[1], *label, "--hostname", "gamenode-bench"]
+        + ["--security-opt", "seccomp=unconfined", "--cap-add", "SYS_RAWIO"]
+        + ["--tmpfs", "/dev/shm:rw", "-v", f"{data}/game:/app/data"]
+        + [a for k, v in game_env.items() for a in ("-e", f"{k}={v}")]
+        + [GAME],
+        ["--name", names[2], *label, BUSYBOX],
+    ]
+    return document, runs
+
+
+def _docker_runs(runs: list[list[str]]) -> float:
+    started = time.monotonic()
+    for argv in runs:
+        subprocess.run(
+            ["docker", "run", "-d", *argv],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+    return time.monotonic() - started
+
+
+def remove_bench_containers(client: Any) -> None:
+    for container in client.containers.list(
+        all=True, filters={"label": f"{BENCH_LABEL}=1"}
+    ):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True)
+
+
+def run(
+    workdir: Path, *, rounds: int = 20, profile: bool = False, budget: float = 400
+) -> dict[str, Any]:
+    """Both cases, ``rounds`` rounds each, interleaved; stops early at ``budget`` s."""
+    client = docker.from_env()
+    remove_bench_containers(client)
+    server = start_server(workdir / "startup")
+    agent = None
+    node = f"bench-{uuid.uuid4().hex[:6]}"
+    result: dict[str, Any] = {}
+    deadline = time.monotonic() + budget
+    try:
+        agent = start_agent(workdir / "startup", server, node, "--capacity", "4")
+        # One unmeasured round of each: images and Ansible's modules warm in the cache.
+        for case in ("one_step", "three_step"):
+            _round(case, server, node, client, workdir, 0, pipeline_first=True)
+        for case in ("one_step", "three_step"):
+            times: dict[str, list[float]] = {"pipeline": [], "docker": []}
+            for i in range(1, rounds + 1):
+                if time.monotonic() > deadline:
+                    break
+                p, d = _round(case, server, node, client, workdir, i, i % 2 == 1)
+                times["pipeline"].append(p)
+                times["docker"].append(d)
+            pipe, dock = summary_ms(times["pipeline"]), summary_ms(times["docker"])
+            result[case] = {
+                "rounds": len(times["pipeline"]),
+                "pipeline": pipe,
+                "docker_run": dock,
+                "p50_ratio": round(pipe["p50_ms"] / dock["p50_ms"], 2),
+                "p95_ratio": round(
+                    percentile([t * 1000 for t in times["pipeline"]], 95)
+                    / percentile([t * 1000 for t in times["docker"]], 95),
+                    2,
+                ),
+            }
+        if profile:
+            result["profile"] = _profile(server, agent, node, client, workdir)
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.stop()
+        remove_bench_containers(client)
+        client.close()
+    return result
+
+
+def _round(
+    case: str,
+    server: Any,
+    node: str,
+    client: Any,
+    workdir: Path,
+    index: int,
+    pipeline_first: bool,
+) -> tuple[float, float]:
+    tag = uuid.uuid4().hex[:6]
+    make = _one if case == "one_step" else _three
+    document, _ = make(f"gpb-p{index}-{tag}", workdir)
+    _, runs = make(f"gpb-d{index}-{tag}", workdir)
+
+    def pipeline() -> float:
+        started = time.monotonic()
+        pid = server.api.submit(document, node=node)
+        final, seen = wait_final(server.api, pid, timeout=120)
+        if final["state"] != "completed":
+            raise RuntimeError(f"bench pipeline {pid} ended {final['state']}: {final}")
+        return seen - started
+
+    if pipeline_first:
+        p = pipeline()
+        remove_bench_containers(client)
+        d = _docker_runs(runs)
+    else:
+        d = _docker_runs(runs)
+        remove_bench_containers(client)
+        p = pipeline()
+    remove_bench_containers(client)
+    return p, d
+
+
+def _three(prefix: str, workdir: Path) -> tuple[dict[str, Any], list[list[str]]]:
+    return three_step(prefix, workdir)
+
+
+def _one(prefix: str, workdir: Path) -> tuple[dict[str, Any], list[list[str]]]:
+    return one_step(prefix)
+
+
+def _profile(
+    server: Any, agent: Any, node: str, client: Any, workdir: Path
+) -> dict[str, Any]:
+    """Five one-step rounds under py-spy: the server, and the agent with its children."""
+    out: dict[str, Any] = {}
+    with (
+        Profiler("startup-agent", agent.pid, 60, subprocesses=True) as agent_prof,
+        Profiler("startup-server", server.pid, 60) as server_prof,
+    ):
+        for i in range(5):
+            document, _ = one_step(f"gpb-prof{i}-{uuid.uuid4().hex[:6]}")
+            pid = server.api.submit(document, node=node)
+            wait_final(server.api, pid, timeout=120)
+            remove_bench_containers(client)
+    out["agent"] = agent_prof.top()
+    out["server"] = server_prof.top()
+    # Where a run's time goes, by the PIPELINE_LABEL containers' own clock.
+    out["note"] = f"containers labelled {PIPELINE_LABEL} removed after each round"
+    return out
