@@ -13,6 +13,11 @@ tasks whose names start with ``[step N]`` (N counts from 0, as in the gRPC contr
    hash differs is removed first (``replace``) and created anew;
 4. ``verify`` (services only): fails when the container is not running right after start.
 
+A ``type: remove`` step has the same ``inspect`` and ``ownership`` tasks, then stops its
+container (waiting ``stop_grace_period``, else the container's own stop timeout) and
+removes it with its anonymous volumes. A container that is already gone is fine; one
+that GamePipeline did not create is left untouched and fails the step.
+
 Values that come from templates, args or envs are never Jinja: ``render_playbook``
 marks them ``!unsafe``. Only the conditionals written here are templates.
 """
@@ -87,28 +92,17 @@ def compile_playbook(bound: BoundPipeline, *, pipeline_id: str) -> list[dict[str
     ]
 
 
-def _step_tasks(
-    step: Step, index: int, pipeline_id: str, template_name: str
-) -> list[dict[str, Any]]:
-    name = container_name_of(step, index, pipeline_id)
-    args = container_args(step.container)
-    spec = spec_hash(args, step)
-    args["name"] = name
-    args["labels"] = {
-        **step.container.labels,
-        LABEL_PIPELINE: pipeline_id,
-        LABEL_STEP: str(index),
-        LABEL_TEMPLATE: template_name,
-        LABEL_SPEC: spec,
-    }
-
+def _foreign(index: int) -> tuple[str, str]:
+    """The name of the ``inspect`` result and the condition "not GamePipeline's"."""
     existing = f"gp_step_{index}_existing"
     labels = f"({existing}.container.Config.Labels | default({{}}, true))"
-    foreign = f"{existing}.exists and '{LABEL_PIPELINE}' not in {labels}"
-    same = f"({labels}['{LABEL_SPEC}'] | default('')) == '{spec}'"
-    running = f"{existing}.container.State.Running"
+    return existing, f"{existing}.exists and '{LABEL_PIPELINE}' not in {labels}"
 
-    tasks: list[dict[str, Any]] = [
+
+def _guard_tasks(step: Step, index: int, name: str) -> list[dict[str, Any]]:
+    """``inspect`` the step's container, and fail on one GamePipeline did not create."""
+    existing, foreign = _foreign(index)
+    return [
         {
             "name": task_name(index, step.name, "inspect"),
             DOCKER_CONTAINER_INFO: {"name": name},
@@ -125,6 +119,50 @@ def _step_tasks(
             "when": foreign,
         },
     ]
+
+
+def _remove_tasks(step: Step, index: int, name: str) -> list[dict[str, Any]]:
+    _, foreign = _foreign(index)
+    args: dict[str, Any] = {"name": name, "state": "absent", "keep_volumes": False}
+    if step.container.stop_grace_period is not None:
+        seconds = grammar.parse_duration(step.container.stop_grace_period)
+        args["stop_timeout"] = max(0, math.ceil(seconds))
+    main: dict[str, Any] = {
+        "name": task_name(index, step.name),
+        DOCKER_CONTAINER: args,
+        "when": f"not ({foreign})",
+    }
+    _add_step_controls(main, step, index)
+    return [*_guard_tasks(step, index, name), main]
+
+
+def _step_tasks(
+    step: Step, index: int, pipeline_id: str, template_name: str
+) -> list[dict[str, Any]]:
+    name = container_name_of(step, index, pipeline_id)
+    if step.removes:
+        tasks = _remove_tasks(step, index, name)
+        if step.continue_on_error:
+            for task in tasks:
+                task["ignore_errors"] = True
+        return tasks
+    args = container_args(step.container)
+    spec = spec_hash(args, step)
+    args["name"] = name
+    args["labels"] = {
+        **step.container.labels,
+        LABEL_PIPELINE: pipeline_id,
+        LABEL_STEP: str(index),
+        LABEL_TEMPLATE: template_name,
+        LABEL_SPEC: spec,
+    }
+
+    existing, foreign = _foreign(index)
+    labels = f"({existing}.container.Config.Labels | default({{}}, true))"
+    same = f"({labels}['{LABEL_SPEC}'] | default('')) == '{spec}'"
+    running = f"{existing}.container.State.Running"
+
+    tasks = _guard_tasks(step, index, name)
 
     main: dict[str, Any] = {"name": task_name(index, step.name)}
     if step.runs_to_completion:

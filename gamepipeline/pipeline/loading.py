@@ -69,9 +69,10 @@ def validate_model(
 
 def _declared(data: Mapping[str, Any]) -> dict[str, set[str]]:
     def names(value: Any) -> set[str]:
-        if isinstance(value, list):
-            return {v for v in value if isinstance(v, str)}
-        return set()
+        if not isinstance(value, list):
+            return set()
+        entries = (v.get("name") if isinstance(v, Mapping) else v for v in value)
+        return {name for name in entries if isinstance(name, str)}
 
     return {"args": names(data.get("args")), "envs": names(data.get("envs"))}
 

@@ -14,13 +14,17 @@ each with its own path (``ports[1]``, ``environment.KEY``).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -224,9 +228,13 @@ _RESTART = ("no", "always", "unless-stopped", "on-failure")
 
 
 class Container(_Strict):
-    """A step's container, in Docker Compose's words."""
+    """A step's container, in Docker Compose's words.
 
-    image: str
+    ``image`` is required by every step type but ``remove``, which only names the
+    container to remove (``Step`` checks this).
+    """
+
+    image: str | None = None
     container_name: str | None = None
     hostname: str | None = None
     privileged: bool | None = None
@@ -475,6 +483,14 @@ class Container(_Strict):
         return self
 
 
+def _init_errors(err: ValidationError) -> list[Any]:
+    """``err``'s errors in the form ``ValidationError.from_exception_data`` takes."""
+    return [
+        {key: error[key] for key in ("type", "loc", "input", "ctx") if key in error}
+        for error in err.errors(include_url=False)
+    ]
+
+
 def _check_extra_host(entry: str) -> None:
     host, sep, address = entry.replace("=", ":", 1).partition(":")
     if not sep or not host:
@@ -499,11 +515,24 @@ def _duration_text(value: Any) -> Any:
     return value if isinstance(value, str) else f"{value}s"
 
 
+#: The container fields a ``type: remove`` step may set.
+REMOVE_FIELDS = ("container_name", "stop_grace_period")
+
+
 class Step(_Strict):
-    """One step: a container run to completion (``commands``) or left running."""
+    """One step: a container run to completion (``commands``), left running, or
+    (``type: remove``) stopped and removed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "remove"}}, "required": ["type"]},
+            "then": {"properties": {"container": {"required": ["container_name"]}}},
+            "else": {"properties": {"container": {"required": ["image"]}}},
+        }
+    )
 
     name: str
-    type: Literal["container", "service"] = "container"
+    type: Literal["container", "service", "remove"] = "container"
     container: Container
     timeout: str | None = None
     retries: int = 0
@@ -535,6 +564,71 @@ class Step(_Strict):
             )
         return self
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _image_required(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Step]
+    ) -> Step:
+        """Every step but ``type: remove`` needs an image, reported with the step's
+        other problems even when its type is wrong."""
+        container = data.get("container") if isinstance(data, dict) else None
+        missing = (
+            data.get("type") != "remove"
+            and isinstance(container, dict)
+            and container.get("image") is None
+        )
+        try:
+            step = handler(data)
+        except ValidationError as err:
+            if not missing:
+                raise
+            raise ValidationError.from_exception_data(
+                err.title,
+                [
+                    *_init_errors(err),
+                    {
+                        "type": "missing",
+                        "loc": ("container", "image"),
+                        "input": container,
+                    },
+                ],
+            ) from None
+        if missing:
+            raise GrammarError.one(
+                'the required field "image" is missing; add it', ".container.image"
+            )
+        return step
+
+    @model_validator(mode="after")
+    def _removal(self) -> Step:
+        if self.type != "remove":
+            return self
+        problems = [
+            (
+                f".container.{name}",
+                f"a remove step only names the container to remove; drop {name} "
+                f"(a remove step takes {' and '.join(REMOVE_FIELDS)})",
+            )
+            for name in self.container.model_fields_set
+            if name not in REMOVE_FIELDS
+        ]
+        if self.container.container_name is None:
+            problems.append(
+                (
+                    ".container.container_name",
+                    "a remove step removes the container named by container_name; "
+                    "add it, such as container_name: game-${{ args.INSTANCE }}",
+                )
+            )
+        if problems:
+            raise GrammarError(sorted(problems))
+        return self
+
+    @property
+    def removes(self) -> bool:
+        """True for a ``type: remove`` step."""
+        return self.type == "remove"
+
     @property
     def runs_to_completion(self) -> bool:
         """True for a ``commands`` step; False for a step that leaves a service up."""
@@ -545,21 +639,63 @@ class Step(_Strict):
         return None if self.timeout is None else grammar.parse_duration(self.timeout)
 
 
+_DECLARATION_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                },
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
+#: ``args`` and ``envs``: names, each written plain or as ``{name, description}``.
+Declarations = Annotated[list[str], WithJsonSchema(_DECLARATION_SCHEMA)]
+_DECLARATION_KEYS = ("name", "description")
+
+
 class Template(_Strict):
-    """A pipeline template as the design document defines it."""
+    """A pipeline template as the design document defines it.
+
+    ``args`` and ``envs`` hold the declared names. In the document each entry is a
+    name or a mapping ``{name: X, description: ...}``; the descriptions are kept
+    apart (``descriptions``) so that every user of ``args`` and ``envs`` sees names.
+    """
 
     id: str | None = None
     model: str | None = None
     name: str
     description: str = ""
-    envs: list[str] = Field(default_factory=list)
-    args: list[str] = Field(default_factory=list)
+    envs: Declarations = Field(default_factory=list)
+    args: Declarations = Field(default_factory=list)
     steps: list[Step]
     timeout: str | None = None
+
+    _descriptions: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_descriptions(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Template]
+    ) -> Template:
+        template = handler(data)
+        if isinstance(data, dict):
+            template._descriptions = {
+                kind: _descriptions_of(data.get(kind)) for kind in ("args", "envs")
+            }
+        return template
 
     @field_validator("envs", "args", mode="before")
     @classmethod
     def _names(cls, value: Any, info: ValidationInfo) -> list[str]:
+        value = _declared_names(value)
         names = _text_list(value, info, _check_identifier, what="names")
         problems = [
             (f"[{i}]", f'"{n}" is declared twice; keep one')
@@ -591,9 +727,76 @@ class Template(_Strict):
     def timeout_seconds(self) -> float | None:
         return None if self.timeout is None else grammar.parse_duration(self.timeout)
 
+    def descriptions(self, kind: Literal["args", "envs"]) -> dict[str, str]:
+        """Each declared arg (or env) name with its description, "" when it has none."""
+        written = self._descriptions.get(kind, {})
+        return {name: written.get(name, "") for name in getattr(self, kind)}
+
     def to_document(self) -> dict[str, Any]:
         """Canonical JSON-able data that ``load_template`` accepts back unchanged."""
-        return self.model_dump(mode="json", exclude_defaults=True)
+        document = self.model_dump(mode="json", exclude_defaults=True)
+        for kind in ("args", "envs"):
+            written = self._descriptions.get(kind)
+            if written and kind in document:
+                document[kind] = [
+                    {"name": name, "description": written[name]}
+                    if name in written
+                    else name
+                    for name in document[kind]
+                ]
+        return document
+
+
+def _declared_names(value: Any) -> Any:
+    """``args``/``envs`` entries as names; a mapping entry must be ``{name, description}``.
+
+    Raises ``GrammarError`` for a mapping with other keys or a description that is not
+    text; anything else is left for the name checks.
+    """
+    if not isinstance(value, list):
+        return value
+    problems: list[tuple[str, str]] = []
+    names: list[Any] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            names.append(item)
+            continue
+        for key in item:
+            if key not in _DECLARATION_KEYS:
+                problems.append(
+                    (
+                        f"[{index}].{key}",
+                        f'"{key}" is not a known field of a declaration; write '
+                        "{name: NAME, description: TEXT}",
+                    )
+                )
+        if "name" not in item:
+            problems.append(
+                (f"[{index}]", 'the declaration has no "name"; add name: NAME')
+            )
+        description = item.get("description")
+        if description is not None and not isinstance(description, str):
+            problems.append(
+                (
+                    f"[{index}].description",
+                    f"expected text, got {_describe(description)}; quote it",
+                )
+            )
+        names.append(item.get("name"))
+    if problems:
+        raise GrammarError(problems)
+    return names
+
+
+def _descriptions_of(value: Any) -> dict[str, str]:
+    """The descriptions written in a valid ``args``/``envs`` list, by name."""
+    if not isinstance(value, list):
+        return {}
+    return {
+        item["name"]: item["description"]
+        for item in value
+        if isinstance(item, dict) and isinstance(item.get("description"), str)
+    }
 
 
 def _check_identifier(name: str) -> None:

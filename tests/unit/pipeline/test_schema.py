@@ -19,4 +19,21 @@ def test_schema_describes_container_fields() -> None:
     assert {"image", "environment", "ports", "deploy", "commands"} <= set(
         container["properties"]
     )
-    assert container["required"] == ["image"]
+    assert "required" not in container  # a remove step has no image
+
+
+def test_schema_requires_an_image_except_in_remove_steps() -> None:
+    step = json_schema()["$defs"]["Step"]
+    assert step["properties"]["type"]["enum"] == ["container", "service", "remove"]
+    assert step["if"]["properties"]["type"] == {"const": "remove"}
+    assert step["then"]["properties"]["container"]["required"] == ["container_name"]
+    assert step["else"]["properties"]["container"]["required"] == ["image"]
+
+
+def test_schema_accepts_described_args_and_envs() -> None:
+    properties = json_schema()["properties"]
+    for kind in ("args", "envs"):
+        plain, described = properties[kind]["items"]["anyOf"]
+        assert plain == {"type": "string"}
+        assert described["required"] == ["name"]
+        assert set(described["properties"]) == {"name", "description"}
