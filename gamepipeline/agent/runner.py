@@ -304,7 +304,11 @@ class PipelineRun:
         names = prepared.step_names
         names += [f"step {i}" for i in range(len(names), info.step_count)]
         translator = EventTranslator(
-            names, language.step_index_of_task, info.tasks_per_step
+            names,
+            language.step_index_of_task,
+            info.tasks_per_step,
+            # Masked in every report: env values may be passwords and keys.
+            secrets=[*self.pipeline.env_values.values(), *self._node_envs.values()],
         )
         self._translator = translator
         self.data_dir = self._make_data_dir()
