@@ -42,6 +42,7 @@ from gamepipeline.agent.events import (
     StepReport,
 )
 from gamepipeline.agent.markers import ActiveRuns
+from gamepipeline.logs import bound, ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
 CANCEL_POLL_SECONDS = 0.5
 """How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
 
-CONTAINER_STOP_SECONDS = 5
+CONTAINER_STOP_SECONDS = 3
 """Grace a canceled step's container gets between SIGTERM and SIGKILL."""
 
 _EVENT_POLL_SECONDS = 0.2
@@ -185,6 +186,27 @@ def prepare(pipeline: pb.GamePipeline, node_envs: Mapping[str, str]) -> Prepared
     )
 
 
+def _log_report(pipeline_id: str, report: Report) -> None:
+    """One line per step and pipeline state change, with its ids bound."""
+    if isinstance(report, StepReport):
+        log.info(
+            "pipeline %s: step %d %s%s",
+            pipeline_id,
+            report.step_index,
+            pb.StepState.Name(report.state).removeprefix("STEP_STATE_").lower(),
+            f": {report.message}" if report.message else "",
+            extra=ids(pipeline_id, report.step_index),
+        )
+    else:
+        log.info(
+            "pipeline %s: %s%s",
+            pipeline_id,
+            pb.PipelineState.Name(report.state).removeprefix("PIPELINE_STATE_").lower(),
+            f": {report.message}" if report.message else "",
+            extra=ids(pipeline_id),
+        )
+
+
 class PipelineRun:
     """One pipeline's run on this node, in a thread of its own.
 
@@ -261,6 +283,10 @@ class PipelineRun:
     # -- the run ---------------------------------------------------------------------
 
     def _main(self) -> None:
+        with bound(pipeline_id=self.pipeline_id):
+            self._main_bound()
+
+    def _main_bound(self) -> None:
         try:
             self._run()
         except Exception as err:
@@ -282,6 +308,7 @@ class PipelineRun:
     def _send(self, reports: list[Report]) -> None:
         for report in reports:
             self._emit(self.pipeline_id, report)
+            _log_report(self.pipeline_id, report)
             if self._active is None:
                 continue
             if isinstance(report, StepReport) and report.state == pb.STEP_STATE_RUNNING:

@@ -261,7 +261,7 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
         pb.END_REASON_CANCELED,
     )
     assert "player left" in final.message
-    assert elapsed < 15, f"cancel took {elapsed:.1f}s"
+    assert elapsed < 20, f"cancel took {elapsed:.1f}s"
     assert not any(_alive(p) for p in playbook_pids)
     assert labelled(engine, pid) == []
     assert step_states(servicer, pid, 0) == [
