@@ -16,6 +16,8 @@ if [ -z "$busybox" ] || ! "$busybox" --list | grep -qx httpd; then
 fi
 
 stamp=$(cat "$0" | sha256sum | cut -c1-12)
+# The minio stand-in is also rebuilt when the files laid over its Debian root change.
+minio_stamp=$( (cat "$0"; find scripts/stand-ins/minio -type f | sort | xargs cat) | sha256sum | cut -c1-12)
 label=io.beaglewind.gamepipeline.stand-in
 
 rootfs=$(mktemp -d)
@@ -52,3 +54,47 @@ for entry in "${images[@]}"; do
     --change "LABEL $label=$stamp" \
     - "$tag" >/dev/null
 done
+
+# registry.cn-qingdao.aliyuncs.com/wod/devops-minio:1.0 runs `mc alias set` and `mc cp`
+# against real object storage, so its stand-in is a Debian root with python3 (made once by
+# debootstrap from Debian's archive and kept in $GAMEPIPELINE_CACHE) plus
+# scripts/stand-ins/minio, whose `mc` speaks S3 with AWS Signature V4.
+minio_tag=registry.cn-qingdao.aliyuncs.com/wod/devops-minio:1.0
+have=$(docker image inspect -f "{{ index .Config.Labels \"$label\" }}" "$minio_tag" 2>/dev/null || true)
+if [ "$have" != "$minio_stamp" ]; then
+  cache=${GAMEPIPELINE_CACHE:-/var/cache/gamepipeline}
+  debian=$cache/debian-bookworm-python3
+  if [ ! -e "$debian/.complete" ]; then
+    if ! command -v debootstrap >/dev/null 2>&1; then
+      echo "build-images: installing debootstrap" >&2
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq debootstrap >/dev/null
+    fi
+    echo "build-images: debootstrap bookworm with python3 into $debian (about a minute)" >&2
+    mkdir -p "$cache"
+    rm -rf "$debian.partial"
+    debootstrap --variant=minbase --include=python3 bookworm "$debian.partial" \
+      "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache/debootstrap.log" 2>&1 || {
+      tail -n 30 "$cache/debootstrap.log" >&2
+      exit 1
+    }
+    rm -rf "$debian.partial"/var/cache/apt/archives/*.deb "$debian.partial"/var/lib/apt/lists/* \
+      "$debian.partial"/usr/share/doc/* "$debian.partial"/usr/share/man/* \
+      "$debian.partial"/usr/share/locale/*
+    touch "$debian.partial/.complete"
+    rm -rf "$debian"
+    mv "$debian.partial" "$debian"
+  fi
+  echo "build-images: $minio_tag" >&2
+  # Only the overlay's files: the engine refuses a stream naming a folder twice.
+  overlay=$(cd scripts/stand-ins/minio && find . -type f | sort)
+  # shellcheck disable=SC2086 # one word per file
+  tar -c --exclude ./.complete -C "$debian" . -C "$PWD/scripts/stand-ins/minio" $overlay |
+    docker import \
+      --change 'CMD ["bash"]' \
+      --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin' \
+      --change 'ENV LANG=C.UTF-8' \
+      --change "LABEL $label=$minio_stamp" \
+      - "$minio_tag" >/dev/null
+fi
