@@ -1,9 +1,9 @@
-"""The ``gamepipeline`` command: server, agent, and the template author's tools."""
+"""The ``gamepipeline`` command: server, agent, the template author's tools, and the
+operator's commands that talk to a server (``cli_api``)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ import click
 import yaml
 
 from gamepipeline import __version__
+from gamepipeline.cli_api import COMMANDS
+from gamepipeline.logs import FORMATS, setup_logging
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -25,20 +27,24 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return result
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # gRPC's own debug lines (one per call) drown ours; keep them for warnings.
-    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.root.level))
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text for people; json writes one object a line with the pipeline, step "
+    "and node ids.",
+)
 
 
 @click.group()
 @click.version_option(__version__, prog_name="gamepipeline")
 def main() -> None:
     """Turn pipeline templates into running game containers on GameNodes."""
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 def _config_file(path: str | None, known: frozenset[str]) -> dict[str, Any]:
@@ -113,6 +119,7 @@ AGENT_SETTINGS = frozenset(
     help='Write {"grpc": PORT, "http": PORT} here once both listen.',
 )
 @click.option("--log-level", default="info", show_default=True)
+@log_format_option
 def server(
     config_path: str | None,
     grpc_address: str | None,
@@ -120,12 +127,13 @@ def server(
     db_path: str | None,
     port_file: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the server: gRPC for agents, HTTP for the platform."""
     from gamepipeline.server.app import serve
 
     config = _config_file(config_path, SERVER_SETTINGS)
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format)
     serve(
         db_path=db_path or config.get("db", "gamepipeline.db"),
         grpc_address=grpc_address or config.get("grpc", "0.0.0.0:50051"),
@@ -162,6 +170,7 @@ def server(
     help="Where private run dirs are made. [default: /var/lib/gamepipeline-agent]",
 )
 @click.option("--log-level", default="info", show_default=True)
+@log_format_option
 def agent(
     config_path: str | None,
     server_address: str | None,
@@ -171,9 +180,11 @@ def agent(
     envs: tuple[str, ...],
     work_dir: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the agent of one GameNode."""
     from gamepipeline.agent.app import AgentConfig, run_agent
+    from gamepipeline.agent.connection import AgentError
 
     config = _config_file(config_path, AGENT_SETTINGS)
     server_address = server_address or config.get("server")
@@ -189,7 +200,7 @@ def agent(
         settings["hostname"] = str(config["hostname"])
     if "heartbeat_interval" in config:
         settings["heartbeat_interval"] = float(config["heartbeat_interval"])
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format, static={"node_id": str(node_id)})
     run_agent(
         AgentConfig(
             server_address=str(server_address),

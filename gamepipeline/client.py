@@ -1,10 +1,14 @@
-"""A small client of the server's HTTP API, used by the demo, the CLI and the tests."""
+"""A small client of the server's HTTP API, used by the demo, the CLI and the tests.
+
+With a ``token`` every request carries ``Authorization: Bearer <token>``.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -23,9 +27,12 @@ class ApiError(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, *, timeout: float = 10.0, token: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.token = token
 
     def request(
         self,
@@ -36,6 +43,8 @@ class ApiClient:
     ) -> tuple[int, dict[str, str], Any]:
         """Send one request; answer (status, headers, decoded JSON body)."""
         req = urllib.request.Request(self.base_url + path, data=body, method=method)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         if body is not None:
             req.add_header("Content-Type", content_type)
         try:
@@ -54,14 +63,21 @@ class ApiClient:
 
     def submit(
         self,
-        pipeline: str | Mapping[str, Any],
+        pipeline: str | Mapping[str, Any] | None = None,
         *,
         args: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,
         node: str | None = None,
+        template: str | None = None,
     ) -> str:
-        """Submit a pipeline document (YAML text or data); answer its id."""
-        envelope: dict[str, Any] = {"pipeline": pipeline, "args": dict(args or {})}
+        """Submit a pipeline document (YAML text or data), or a shipped template by
+        name; answer the new pipeline's id."""
+        if (pipeline is None) == (template is None):
+            raise ValueError("give either a pipeline document or a template name")
+        envelope: dict[str, Any] = (
+            {"template": template} if template else {"pipeline": pipeline}
+        )
+        envelope["args"] = dict(args or {})
         envelope["envs"] = dict(envs or {})
         if node:
             envelope["node"] = node
@@ -75,6 +91,37 @@ class ApiClient:
     def cancel(self, pipeline_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._checked(
             "POST", f"/api/pipelines/{pipeline_id}/cancel", b"{}"
+        )
+        return result
+
+    def pipelines(
+        self,
+        *,
+        state: str | None = None,
+        node: str | None = None,
+        template: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Pipelines newest first, filtered as ``GET /api/pipelines`` allows."""
+        given = {"state": state, "node": node, "template": template, "limit": limit}
+        query = urllib.parse.urlencode({k: v for k, v in given.items() if v})
+        result = self._checked("GET", "/api/pipelines" + (f"?{query}" if query else ""))
+        pipelines: list[dict[str, Any]] = result["pipelines"]
+        return pipelines
+
+    def templates(self) -> list[dict[str, Any]]:
+        """The templates the server ships: ``[{name, description, args, envs}]``."""
+        result = self._checked("GET", "/api/templates")
+        templates: list[dict[str, Any]] = (
+            result["templates"] if isinstance(result, dict) else result
+        )
+        return templates
+
+    def set_node(self, node_id: str, action: str) -> dict[str, Any]:
+        """``maintenance``, ``disable`` or ``enable`` a node; answer the node."""
+        quoted = urllib.parse.quote(node_id, safe="")
+        result: dict[str, Any] = self._checked(
+            "POST", f"/api/nodes/{quoted}/{action}", b"{}"
         )
         return result
 

@@ -40,6 +40,7 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from gamepipeline import __version__
+from gamepipeline.logs import ids
 from gamepipeline.pipeline.states import PipelineState
 from gamepipeline.server.errors import (
     Conflict,
@@ -144,7 +145,9 @@ def create_app(
         outcome = store.cancel(pipeline_id)
         if outcome.node_id is not None:
             dispatch.cancel_on_node(pipeline_id, outcome.node_id)
-        log.info("cancel requested for pipeline %s", pipeline_id)
+        log.info(
+            "cancel requested for pipeline %s", pipeline_id, extra=ids(pipeline_id)
+        )
         record = store.get_pipeline(pipeline_id)
         body = _detail(record, store.get_steps(pipeline_id))
         return jsonify(body), 200 if outcome.ended_now else 202
@@ -221,7 +224,7 @@ def _cancel_all_on(node_id: str, store: Store, dispatch: Dispatch) -> None:
             "canceling pipeline %s: node %s was disabled",
             pipeline_id,
             node_id,
-            extra={"pipeline_id": pipeline_id, "node_id": node_id},
+            extra=ids(pipeline_id, node_id=node_id),
         )
 
 

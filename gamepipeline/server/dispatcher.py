@@ -32,6 +32,7 @@ from typing import Final
 import grpc
 
 from gamepipeline import __version__
+from gamepipeline.logs import ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.errors import NotFound
 from gamepipeline.server.messages import pipeline_message
@@ -174,6 +175,7 @@ class Dispatcher:
             registration.capacity,
             registration.agent_version,
             sorted(session.running) or "nothing",
+            extra=ids(node_id=node_id),
         )
         session.send(
             pb.PipelineStreamResponse(
@@ -196,7 +198,9 @@ class Dispatcher:
             return
         del self._sessions[session.node_id]
         self._store.set_node_offline(session.node_id)
-        log.info("node %s went offline", session.node_id)
+        log.info(
+            "node %s went offline", session.node_id, extra=ids(node_id=session.node_id)
+        )
 
     def heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         session.last_heartbeat = time.monotonic()
@@ -213,13 +217,19 @@ class Dispatcher:
             ack.pipeline_id, session.node_id, accepted=ack.accepted, message=ack.message
         )
         if ack.accepted:
-            log.info("node %s took pipeline %s", session.node_id, ack.pipeline_id)
+            log.info(
+                "node %s took pipeline %s",
+                session.node_id,
+                ack.pipeline_id,
+                extra=ids(ack.pipeline_id, node_id=session.node_id),
+            )
         else:
             log.warning(
                 "node %s refused pipeline %s: %s",
                 session.node_id,
                 ack.pipeline_id,
                 ack.message,
+                extra=ids(ack.pipeline_id, node_id=session.node_id),
             )
             if changed:
                 self._wake.set()
@@ -260,7 +270,12 @@ class Dispatcher:
                 pipeline_id,
             )
             return
-        log.info("sending cancel of pipeline %s to node %s", pipeline_id, node_id)
+        log.info(
+            "sending cancel of pipeline %s to node %s",
+            pipeline_id,
+            node_id,
+            extra=ids(pipeline_id, node_id=node_id),
+        )
         session.send(
             pb.PipelineStreamResponse(
                 cancel=pb.CancelPipeline(pipeline_id=pipeline_id, reason="canceled")
@@ -294,6 +309,7 @@ class Dispatcher:
                 node_id,
                 outcome.failed,
                 outcome.requeued,
+                extra=ids(node_id=node_id),
             )
 
     def _dispatch_pending(self) -> None:
@@ -366,5 +382,5 @@ class Dispatcher:
             "dispatched pipeline %s to node %s",
             pipeline_id,
             session.node_id,
-            extra={"pipeline_id": pipeline_id, "node_id": session.node_id},
+            extra=ids(pipeline_id, node_id=session.node_id),
         )

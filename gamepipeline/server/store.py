@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from sqlite_utils import Database
 
+from gamepipeline.logs import ids
 from gamepipeline.pipeline.states import (
     EndReason,
     PipelineState,
@@ -379,7 +380,11 @@ class Store:
                 for index, (name, step_type) in enumerate(new.steps)
             )
         log.info(
-            "stored pipeline %s (%s, %d steps)", pipeline_id, new.name, len(new.steps)
+            "stored pipeline %s (%s, %d steps)",
+            pipeline_id,
+            new.name,
+            len(new.steps),
+            extra=ids(pipeline_id),
         )
         return pipeline_id
 
@@ -586,7 +591,11 @@ class Store:
                     }
             db.table("pipelines").update(record.id, pipeline_changes)
         _log_outcome(
-            report.pipeline_id, report.node_id, judgement.applies, judgement.detail
+            report.pipeline_id,
+            report.node_id,
+            judgement.applies,
+            judgement.detail,
+            step=report.step_index,
         )
         return ReportOutcome(judgement.applies, False, judgement.detail)
 
@@ -789,7 +798,7 @@ class Store:
             db.execute(
                 "UPDATE nodes SET mode = ? WHERE node_id = ?", [mode.value, node_id]
             )
-        log.info("node %s is now %s", node_id, mode, extra={"node_id": node_id})
+        log.info("node %s is now %s", node_id, mode, extra=ids(node_id=node_id))
         return self.get_node(node_id)
 
     def closed_nodes(self) -> dict[str, NodeMode]:
@@ -909,18 +918,19 @@ def _duplicate(record: PipelineRecord, sequence: int) -> ReportOutcome:
     return ReportOutcome(applied=False, duplicate=True, detail=detail)
 
 
-def _log_outcome(pipeline_id: str, node_id: str, applied: bool, detail: str) -> None:
-    if applied:
-        log.info(
-            "applied report from node %s on pipeline %s: %s",
-            node_id,
-            pipeline_id,
-            detail,
-        )
-    else:
-        log.info(
-            "ignored report from node %s on pipeline %s: %s",
-            node_id,
-            pipeline_id,
-            detail,
-        )
+def _log_outcome(
+    pipeline_id: str,
+    node_id: str,
+    applied: bool,
+    detail: str,
+    *,
+    step: int | None = None,
+) -> None:
+    log.info(
+        "%s report from node %s on pipeline %s: %s",
+        "applied" if applied else "ignored",
+        node_id,
+        pipeline_id,
+        detail,
+        extra=ids(pipeline_id, step, node_id),
+    )

@@ -1,0 +1,426 @@
+"""The ``gamepipeline`` commands that talk to a running server over its HTTP API.
+
+``submit``, ``status``, ``list``, ``cancel``, ``nodes``, ``node`` and ``logs``. Each takes
+``--server-url`` (``GAMEPIPELINE_URL``, default ``http://127.0.0.1:8080``) and ``--token``
+(``GAMEPIPELINE_TOKEN``); each read command takes ``--output json`` for scripts.
+
+``submit --wait`` follows the pipeline until it ends and exits with ``EXIT_CODES``:
+
+====  ====================================================================
+0     completed
+1     failed (a step failed, its node was lost, the node rejected it)
+2     wrong usage (click's own code)
+3     canceled
+4     timed out: the pipeline's own timeout ran out (reason ``timeout``)
+5     still running when ``--wait-timeout`` passed; the pipeline goes on
+6     the server could not be reached, or refused the request
+====  ====================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from gamepipeline.client import FINAL_STATES, ApiClient, ApiError
+
+EXIT_COMPLETED: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_CANCELED: Final = 3
+EXIT_TIMED_OUT: Final = 4
+EXIT_STILL_RUNNING: Final = 5
+EXIT_SERVER: Final = 6
+
+DEFAULT_URL: Final = "http://127.0.0.1:8080"
+#: How often ``--wait`` asks the server; a step takes a second at the very least.
+POLL_SECONDS: Final = 0.5
+STATE_STYLES: Final = {
+    "pending": "dim",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "canceled": "yellow",
+    "skipped": "dim",
+    "online": "green",
+    "offline": "red",
+    "maintenance": "yellow",
+    "disabled": "magenta",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ServerProblem(click.ClickException):
+    """The server could not be reached or answered with an error."""
+
+    exit_code = EXIT_SERVER
+
+
+def exit_code_of(pipeline: dict[str, Any]) -> int:
+    """The exit code of ``submit --wait`` for a pipeline that ended."""
+    if pipeline["state"] == "completed":
+        return EXIT_COMPLETED
+    if pipeline["state"] == "canceled":
+        return EXIT_CANCELED
+    if pipeline.get("reason") == "timeout":
+        return EXIT_TIMED_OUT
+    return EXIT_FAILED
+
+
+def api_options(command: F) -> F:
+    """``--server-url`` and ``--token``, shared by every command here."""
+    command = click.option(
+        "--token",
+        envvar="GAMEPIPELINE_TOKEN",
+        help="Bearer token for the API. [env: GAMEPIPELINE_TOKEN]",
+    )(command)
+    command = click.option(
+        "--server-url",
+        envvar="GAMEPIPELINE_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="The server's HTTP address. [env: GAMEPIPELINE_URL]",
+    )(command)
+    return command
+
+
+def output_option(command: F) -> F:
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="text for people, json for scripts.",
+    )(command)
+
+
+def _client(server_url: str, token: str | None) -> ApiClient:
+    return ApiClient(server_url, token=token or None)
+
+
+def _call(server_url: str, action: Callable[[], Any]) -> Any:
+    """Run one API call, turning its failures into a sentence and exit code 6."""
+    try:
+        return action()
+    except ApiError as err:
+        raise ServerProblem(f"the server at {server_url} answered {err}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        reason = getattr(err, "reason", err)
+        raise ServerProblem(
+            f"cannot reach the server at {server_url}: {reason}; start it, or pass "
+            "--server-url (or set GAMEPIPELINE_URL) to where it listens"
+        ) from None
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(
+                f"{item!r} is not KEY=VALUE; write for example {option} PORT=8080",
+                param_hint=option,
+            )
+        result[key] = value
+    return result
+
+
+def _styled(state: str) -> str:
+    style = STATE_STYLES.get(state, "")
+    return f"[{style}]{state}[/]" if style else state
+
+
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    if not start:
+        return "-"
+    finish = datetime.fromisoformat(end) if end else datetime.now().astimezone()
+    seconds = (finish - datetime.fromisoformat(start)).total_seconds()
+    return f"{max(seconds, 0):.1f}s"
+
+
+def steps_table(pipeline: dict[str, Any]) -> Table:
+    title = (
+        f"{pipeline['name']} [dim]{pipeline['id']}[/] "
+        f"{_styled(pipeline['state'])} on {pipeline.get('node') or '-'}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "step", "state", "time", "message"):
+        table.add_column(column, overflow="fold")
+    for step in pipeline["steps"]:
+        table.add_row(
+            str(step["index"]),
+            step["name"],
+            _styled(step["state"]),
+            _duration(step["started_at"], step["finished_at"]),
+            step["message"] or "",
+        )
+    if pipeline.get("message"):
+        table.caption = pipeline["message"]
+    return table
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.option("--template", help="Submit the shipped template of this name instead.")
+@click.option("--arg", "args", multiple=True, help="Arg KEY=VALUE (repeatable).")
+@click.option("--env", "envs", multiple=True, help="Env KEY=VALUE (repeatable).")
+@click.option("--node", help="Run on this node (default: any node with room).")
+@click.option("--wait", is_flag=True, help="Follow the pipeline until it ends.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600,
+    show_default=True,
+    help="Give up waiting after this many seconds (exit 5).",
+)
+@output_option
+@api_options
+def submit(
+    file: str | None,
+    template: str | None,
+    args: tuple[str, ...],
+    envs: tuple[str, ...],
+    node: str | None,
+    wait: bool,
+    wait_timeout: float,
+    output: str,
+    server_url: str,
+    token: str | None,
+) -> None:
+    """Submit a pipeline from FILE or --template NAME; print its id.
+
+    With --wait, show each step's progress until it ends and exit 0 completed,
+    1 failed, 3 canceled, 4 timed out, 5 still running at --wait-timeout.
+    """
+    if (file is None) == (template is None):
+        raise click.UsageError("give a pipeline FILE or --template NAME (one of them)")
+    client = _client(server_url, token)
+    document = Path(file).read_text(encoding="utf-8") if file else None
+    pipeline_id: str = _call(
+        server_url,
+        lambda: client.submit(
+            document,
+            template=template,
+            args=_pairs(args, "--arg"),
+            envs=_pairs(envs, "--env"),
+            node=node,
+        ),
+    )
+    if not wait:
+        if output == "json":
+            _json({"id": pipeline_id, "state": "pending"})
+        else:
+            click.echo(pipeline_id)
+        return
+    final = _follow(client, server_url, pipeline_id, wait_timeout, output)
+    sys.exit(EXIT_STILL_RUNNING if final is None else exit_code_of(final))
+
+
+def _follow(
+    client: ApiClient, server_url: str, pipeline_id: str, timeout: float, output: str
+) -> dict[str, Any] | None:
+    """Show the pipeline's steps live until it ends; None when ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    console = Console(stderr=output == "json")
+    current: dict[str, Any] = _call(server_url, lambda: client.pipeline(pipeline_id))
+    with Live(steps_table(current), console=console, auto_refresh=False) as live:
+        while current["state"] not in FINAL_STATES:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(POLL_SECONDS)
+            current = _call(server_url, lambda: client.pipeline(pipeline_id))
+            live.update(steps_table(current), refresh=True)
+    ended = current["state"] in FINAL_STATES
+    if output == "json":
+        _json(current)
+    elif not ended:
+        click.echo(
+            f"pipeline {pipeline_id} is still {current['state']} after {timeout:g}s; "
+            f"follow it with `gamepipeline status {pipeline_id}`",
+            err=True,
+        )
+    return current if ended else None
+
+
+@click.command()
+@click.argument("pipeline_id")
+@output_option
+@api_options
+def status(pipeline_id: str, output: str, server_url: str, token: str | None) -> None:
+    """Show a pipeline and each of its steps."""
+    client = _client(server_url, token)
+    pipeline = _call(server_url, lambda: client.pipeline(pipeline_id))
+    if output == "json":
+        _json(pipeline)
+        return
+    Console().print(steps_table(pipeline))
+
+
+@click.command("list")
+@click.option("--state", help="Only pipelines in this state (pending, running, ...).")
+@click.option("--node", help="Only pipelines of this node.")
+@click.option("--template", help="Only pipelines made from this template (name).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@output_option
+@api_options
+def list_(
+    state: str | None,
+    node: str | None,
+    template: str | None,
+    limit: int,
+    output: str,
+    server_url: str,
+    token: str | None,
+) -> None:
+    """List pipelines, newest first."""
+    client = _client(server_url, token)
+    pipelines = _call(
+        server_url,
+        lambda: client.pipelines(
+            state=state, node=node, template=template, limit=limit
+        ),
+    )
+    if output == "json":
+        _json(pipelines)
+        return
+    table = Table()
+    for column in ("id", "name", "state", "node", "created", "message"):
+        table.add_column(column, overflow="fold")
+    for item in pipelines:
+        table.add_row(
+            item["id"],
+            item["name"],
+            _styled(item["state"]),
+            item["node"] or "-",
+            _when(item["created_at"]),
+            item["message"] or "",
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.argument("pipeline_id")
+@output_option
+@api_options
+def cancel(pipeline_id: str, output: str, server_url: str, token: str | None) -> None:
+    """Cancel a pending or running pipeline."""
+    client = _client(server_url, token)
+    pipeline = _call(server_url, lambda: client.cancel(pipeline_id))
+    if output == "json":
+        _json(pipeline)
+    elif pipeline["state"] == "canceled":
+        click.echo(f"pipeline {pipeline_id} canceled")
+    else:
+        click.echo(
+            f"pipeline {pipeline_id} is stopping on node {pipeline.get('node')}; "
+            f"`gamepipeline status {pipeline_id}` shows when it has"
+        )
+
+
+@click.command()
+@output_option
+@api_options
+def nodes(output: str, server_url: str, token: str | None) -> None:
+    """List the nodes: state, labels, load and last heartbeat."""
+    client = _client(server_url, token)
+    found = _call(server_url, client.nodes)
+    if output == "json":
+        _json(found)
+        return
+    table = Table()
+    for column in ("node", "state", "load", "labels", "last heartbeat", "agent"):
+        table.add_column(column, overflow="fold")
+    for node in found:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))
+        table.add_row(
+            node["node_id"],
+            _styled(node["state"]),
+            f"{node['active_pipelines']}/{node['capacity']}",
+            labels or "-",
+            _when(node["last_heartbeat_at"]),
+            node["agent_version"] or "-",
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.argument("node_id")
+@click.argument("action", type=click.Choice(["maintenance", "disable", "enable"]))
+@output_option
+@api_options
+def node(
+    node_id: str, action: str, output: str, server_url: str, token: str | None
+) -> None:
+    """Put a node in maintenance (no new pipelines), disable it (its pipelines are
+    canceled too) or enable it again."""
+    client = _client(server_url, token)
+    changed = _call(server_url, lambda: client.set_node(node_id, action))
+    if output == "json":
+        _json(changed)
+    else:
+        click.echo(f"node {node_id} is now {changed['state']}")
+
+
+@click.command()
+@click.argument("pipeline_id")
+@click.option("--step", type=int, help="Only this step (its index).")
+@output_option
+@api_options
+def logs(
+    pipeline_id: str, step: int | None, output: str, server_url: str, token: str | None
+) -> None:
+    """Print the output each step's container left (its last lines)."""
+    client = _client(server_url, token)
+    pipeline = _call(server_url, lambda: client.pipeline(pipeline_id))
+    steps = pipeline["steps"]
+    if step is not None:
+        steps = [s for s in steps if s["index"] == step]
+        if not steps:
+            raise click.BadParameter(
+                f"pipeline {pipeline_id} has no step {step}; its steps are "
+                f"0..{len(pipeline['steps']) - 1}",
+                param_hint="--step",
+            )
+    if output == "json":
+        _json(
+            [
+                {
+                    k: s[k]
+                    for k in ("index", "name", "state", "exit_code", "output_tail")
+                }
+                for s in steps
+            ]
+        )
+        return
+    for item in steps:
+        click.echo(f"==> step {item['index']} {item['name']} ({item['state']}) <==")
+        if item["output_tail"]:
+            click.echo(item["output_tail"].rstrip("\n"))
+
+
+COMMANDS: Final = (submit, status, list_, cancel, nodes, node, logs)
