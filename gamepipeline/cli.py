@@ -201,8 +201,8 @@ def agent(
     if "heartbeat_interval" in config:
         settings["heartbeat_interval"] = float(config["heartbeat_interval"])
     setup_logging(log_level, log_format, static={"node_id": str(node_id)})
-    run_agent(
-        AgentConfig(
+    try:
+        agent_config = AgentConfig(
             server_address=str(server_address),
             node_id=str(node_id),
             capacity=capacity or int(config.get("capacity", 4)),
@@ -216,7 +216,13 @@ def agent(
             ),
             **settings,
         )
-    )
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    try:
+        run_agent(agent_config)
+    except AgentError as err:
+        click.echo(f"gamepipeline agent: {err}", err=True)
+        sys.exit(1)
 
 
 @main.command()
