@@ -191,7 +191,27 @@ def _parse(text: bytes, source: str) -> dict[str, Any]:
     try:
         return parse_document(text, source=source)
     except ValidationError as err:
-        raise _invalid("the pipeline document cannot be read", err.problems) from None
+        problems = err.problems
+        if _lost_its_line_breaks(text):
+            problems = [*problems, Problem("", LINE_BREAKS_LOST)]
+        raise _invalid("the pipeline document cannot be read", problems) from None
+
+
+LINE_BREAKS_LOST: Final = (
+    "the document arrived on a single line, as `curl -d @file` sends it (curl -d "
+    "removes line breaks, which YAML needs); send the file with `--data-binary @file`, "
+    "or write the document as JSON"
+)
+
+
+def _lost_its_line_breaks(text: bytes) -> bool:
+    """A YAML block document whose newlines a client stripped: one line, many keys."""
+    stripped = text.strip()
+    return (
+        b"\n" not in stripped
+        and stripped.count(b": ") > 1
+        and not (stripped.startswith((b"{", b"[")))
+    )
 
 
 def _invalid(summary: str, problems: list[Problem]) -> InvalidRequest:

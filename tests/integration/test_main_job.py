@@ -235,3 +235,52 @@ def test_design_document_curl_command_submits_a_pipeline(
     stored = server.api.pipeline(pipeline_id)
     assert stored["name"] == "curl"
     assert [s["name"] for s in stored["steps"]] == ["hello"]
+
+
+CURL_YAML = """\
+name: curl-yaml
+args: [GREETING]
+steps:
+  - name: hello
+    container:
+      image: gamepipeline/stand-in:busybox
+      command: ["echo", "${{ args.GREETING }}"]
+"""
+
+
+def _curl_post(server: Server, data_option: str, path: Path) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{server.http_port}/api/pipelines?arg.GREETING=hi"
+    done = subprocess.run(
+        ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url,
+         "-H", "Content-Type: application/json", data_option, f"@{path}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def test_yaml_sent_with_curl_data_binary_is_accepted(
+    server: Server, tmp_path: Path
+) -> None:
+    document = tmp_path / "pipeline.yaml"
+    document.write_text(CURL_YAML)
+
+    status, answer = _curl_post(server, "--data-binary", document)
+
+    assert status == 201, answer
+    assert server.api.pipeline(answer["id"])["name"] == "curl-yaml"
+
+
+def test_yaml_flattened_by_curl_d_is_refused_with_the_way_out(
+    server: Server, tmp_path: Path
+) -> None:
+    """`curl -d @file` strips line breaks; YAML cannot survive that, so say how to send it."""
+    document = tmp_path / "pipeline.yaml"
+    document.write_text(CURL_YAML)
+    before = server.api.request("GET", "/api/pipelines")[2]
+
+    status, answer = _curl_post(server, "-d", document)
+
+    assert status == 400, answer
+    assert any("--data-binary" in p["message"] for p in answer["problems"]), answer
+    assert server.api.request("GET", "/api/pipelines")[2] == before
