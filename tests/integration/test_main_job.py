@@ -284,3 +284,29 @@ def test_yaml_flattened_by_curl_d_is_refused_with_the_way_out(
     assert status == 400, answer
     assert any("--data-binary" in p["message"] for p in answer["problems"]), answer
     assert server.api.request("GET", "/api/pipelines")[2] == before
+
+
+def test_design_example_as_written_fails_fast_where_the_engine_lacks_a_gpu(
+    server: Server,
+    agent: Process,
+    node_id: str,
+    fresh_demo_containers: None,
+) -> None:
+    """§4.1 reserves a GPU for both steps; this engine has no GPU runtime. The run must
+    end at once with a step error that says so, never hang (the containers themselves
+    are proven by creating them: test_compiled_playbook.py)."""
+    design = ROOT / "tests" / "unit" / "pipeline" / "data" / "design-4.1.yaml"
+    values = {**demo_args(free_port()), **DEMO_ENVS}
+    document = yaml.safe_load(design.read_text())
+    args = {name: values[name] for name in document["args"]}
+    envs = {name: values[name] for name in document["envs"]}
+
+    pipeline_id = server.api.submit(
+        design.read_text(), args=args, envs=envs, node=node_id
+    )
+    final = server.api.wait(pipeline_id, timeout=60)
+
+    assert final["state"] == "failed", final
+    assert final["reason"] == "step_failed", final
+    assert step_states(final) == ["failed", "skipped"]
+    assert "could not select device driver" in final["steps"][0]["message"]
