@@ -5,7 +5,7 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 TEMPLATE ?= demo
 
-.PHONY: demo demo-stop test unit integration lint format proto images docker venv clean
+.PHONY: demo demo-stop test unit integration lint format proto images docker venv clean chromium
 
 demo: venv images
 	$(PY) scripts/demo.py --template $(TEMPLATE)
@@ -13,13 +13,13 @@ demo: venv images
 demo-stop: venv
 	$(PY) scripts/demo.py --stop
 
-test: lint images
+test: lint images chromium
 	$(PY) -m pytest tests
 
 unit: venv
 	$(PY) -m pytest tests/unit
 
-integration: venv images
+integration: venv images chromium
 	$(PY) -m pytest tests/integration
 
 lint: venv
@@ -41,6 +41,9 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 
 docker:
 	scripts/docker-up.sh
+
+chromium:
+	scripts/ensure-chromium.sh
 
 images: docker
 	scripts/build-images.sh

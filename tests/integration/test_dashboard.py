@@ -1,0 +1,186 @@
+"""The dashboard in a real browser (issue #9): headless Chromium driven by Playwright.
+
+Debian's ``chromium`` is the browser (``scripts/ensure-chromium.sh`` installs it);
+Playwright's own browser download is never used. The server and agent are the real
+processes of ``conftest``, running real containers. The test saves the screenshot the
+README shows, ``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .conftest import ROOT, Process, Server
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+
+GREETER = """\
+name: greeter
+description: Say hello and show the output of a commands step
+args: [WHO]
+envs: [GREETER_TOKEN]
+steps:
+  - name: hello
+    container:
+      image: gamepipeline/stand-in:busybox
+      environment:
+        TOKEN: ${{ envs.GREETER_TOKEN }}
+      commands:
+        - echo "hello from ${{ args.WHO }}"
+        - echo "token is $TOKEN"
+"""
+
+SLEEPER = """\
+name: sleeper
+steps:
+  - name: nap
+    container:
+      image: gamepipeline/stand-in:busybox
+      commands:
+        - sleep 60
+  - name: never
+    container:
+      image: gamepipeline/stand-in:busybox
+      commands:
+        - echo unreachable
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "no /usr/bin/chromium: run scripts/ensure-chromium.sh"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    context = browser.new_context(
+        base_url=f"http://127.0.0.1:{server.http_port}",
+        viewport={"width": 1280, "height": 800},
+    )
+    opened = context.new_page()
+    opened.set_default_timeout(20_000)
+    yield opened
+    context.close()
+
+
+def submit_document(page: Page, document: str, args: str = "", envs: str = "") -> str:
+    page.goto("/#/submit")
+    page.select_option("#template", "(a pipeline document)")
+    page.fill("#document", document)
+    page.fill("#doc-args", args)
+    page.fill("#doc-envs", envs)
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"#/pipelines/[0-9a-f]+$"))
+    return page.url.rsplit("/", 1)[1]
+
+
+def pipeline_state(page: Page) -> str:
+    state = page.locator("#pipeline h2 .badge").get_attribute("data-state")
+    return state or ""
+
+
+def test_dashboard_submits_watches_cancels_and_shows_the_fleet(
+    page: Page,
+    server: Server,
+    agent: Process,
+    node_id: str,
+    cleanup_containers: list[str],
+) -> None:
+    page.goto("/")
+    node_row = page.locator(f"tr[data-node='{node_id}']")
+    expect(node_row.locator(".badge")).to_have_attribute("data-state", "online")
+
+    # A pipeline submitted through the form runs to the end, live on its page.
+    done = submit_document(
+        page, GREETER, args="WHO=the dashboard", envs="GREETER_TOKEN=tok-s3cret-42"
+    )
+    expect(page.locator("#pipeline h2 .badge")).to_have_attribute(
+        "data-state", "completed", timeout=120_000
+    )
+    output = page.locator("pre[data-output='0']")
+    expect(output).to_contain_text("hello from the dashboard")
+    expect(output).to_contain_text("token is ***")
+    assert "tok-s3cret-42" not in page.content()
+
+    # Another is canceled from its page while its first step sleeps.
+    sleeper = submit_document(page, SLEEPER)
+    expect(page.locator("tr[data-step='0'] .badge")).to_have_attribute(
+        "data-state", "running", timeout=60_000
+    )
+    page.click("#cancel")
+    expect(page.locator("#pipeline h2 .badge")).to_have_attribute(
+        "data-state", "canceled", timeout=60_000
+    )
+    expect(page.locator("tr[data-step='1'] .badge")).to_have_attribute(
+        "data-state", "skipped"
+    )
+    assert server.api.pipeline(sleeper)["state"] == "canceled"
+
+    # The fleet view lists both, newest first, and filters by state.
+    page.goto("/")
+    rows = page.locator("#pipelines tbody tr")
+    expect(rows).to_have_count(2)
+    assert rows.nth(0).get_attribute("data-pipeline") == sleeper
+    assert rows.nth(1).get_attribute("data-pipeline") == done
+    expect(node_row.locator(".badge")).to_have_attribute("data-state", "online")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.select_option("#filter-state", "completed")
+    expect(rows).to_have_count(1)
+    assert rows.nth(0).get_attribute("data-pipeline") == done
+
+    # The node goes into maintenance and back.
+    node_row.locator("button[data-action='maintenance']").click()
+    expect(node_row.locator(".badge")).to_have_attribute("data-state", "maintenance")
+    assert server.api.nodes()[0]["state"] == "maintenance"
+    node_row.locator("button[data-action='enable']").click()
+    expect(node_row.locator(".badge")).to_have_attribute("data-state", "online")
+
+
+def test_dashboard_sends_the_token_it_was_given_as_a_bearer_token(
+    page: Page, server: Server
+) -> None:
+    seen: list[str | None] = []
+    page.on(
+        "request",
+        lambda request: (
+            seen.append(request.headers.get("authorization"))
+            if "/api/" in request.url
+            else None
+        ),
+    )
+    page.goto("/")
+    page.fill("#token", "operator-token")
+    page.click("#token-form button")
+    page.wait_for_load_state("networkidle")
+    page.reload()
+    page.wait_for_load_state("networkidle")
+
+    assert "Bearer operator-token" in seen
+    assert page.evaluate("localStorage.getItem('gamepipeline.token')") == (
+        "operator-token"
+    )
