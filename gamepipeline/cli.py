@@ -81,7 +81,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-SERVER_SETTINGS = frozenset({"grpc", "http", "db"})
+SERVER_SETTINGS = frozenset({"grpc", "http", "db", "offline_after", "node_lost_after"})
 AGENT_SETTINGS = frozenset(
     {"server", "node_id", "hostname", "capacity", "labels", "envs", "work_dir",
      "heartbeat_interval", "token", "policy"}
@@ -118,6 +118,18 @@ AGENT_SETTINGS = frozenset(
     type=click.Path(dir_okay=False),
     help='Write {"grpc": PORT, "http": PORT} here once both listen.',
 )
+@click.option(
+    "--offline-after",
+    type=click.FloatRange(min=1),
+    help="Seconds without a heartbeat before a node is marked offline; agents are "
+    "told to beat three times as often. [default: 30]",
+)
+@click.option(
+    "--node-lost-after",
+    type=click.FloatRange(min=0),
+    help="Seconds a node may stay offline before its running pipelines fail with "
+    "the reason node_lost. [default: 300]",
+)
 @click.option("--log-level", default="info", show_default=True)
 @log_format_option
 def server(
@@ -126,20 +138,51 @@ def server(
     http_address: str | None,
     db_path: str | None,
     port_file: str | None,
+    offline_after: float | None,
+    node_lost_after: float | None,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the server: gRPC for agents, HTTP for the platform."""
     from gamepipeline.server.app import serve
+    from gamepipeline.server.dispatcher import NODE_LOST_AFTER_SECONDS
+    from gamepipeline.wire import NODE_OFFLINE_AFTER_SECONDS
 
     config = _config_file(config_path, SERVER_SETTINGS)
     setup_logging(log_level, log_format)
+    timings = {
+        "offline_after_seconds": _seconds(
+            offline_after, config, "offline_after", NODE_OFFLINE_AFTER_SECONDS, 1
+        ),
+        "node_lost_after_seconds": _seconds(
+            node_lost_after, config, "node_lost_after", NODE_LOST_AFTER_SECONDS, 0
+        ),
+    }
     serve(
         db_path=db_path or config.get("db", "gamepipeline.db"),
         grpc_address=grpc_address or config.get("grpc", "0.0.0.0:50051"),
         http_address=http_address or config.get("http", "0.0.0.0:8080"),
         port_file=port_file,
+        **timings,
     )
+
+
+def _seconds(
+    given: float | None,
+    config: dict[str, Any],
+    key: str,
+    default: float,
+    least: float,
+) -> float:
+    """A duration in seconds from the option, else the config file, else the default."""
+    if given is not None:
+        return given
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+        raise click.BadParameter(
+            f"{key} must be a number of seconds, at least {least:g}; got {value!r}"
+        )
+    return float(value)
 
 
 @main.command()
