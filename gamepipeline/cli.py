@@ -81,7 +81,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-SERVER_SETTINGS = frozenset({"grpc", "http", "db", "offline_after", "node_lost_after"})
+SERVER_SETTINGS = frozenset(
+    {"grpc", "http", "db", "envs", "templates_dir", "offline_after", "node_lost_after"}
+)
 AGENT_SETTINGS = frozenset(
     {"server", "node_id", "hostname", "capacity", "labels", "envs", "work_dir",
      "heartbeat_interval", "token", "policy"}
@@ -93,7 +95,8 @@ AGENT_SETTINGS = frozenset(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    help="YAML file with grpc, http and db; options given here win.",
+    help="YAML file with grpc, http, db, envs (env values submissions may leave "
+    "out) and templates_dir; options given here win.",
 )
 @click.option(
     "--grpc",
@@ -119,6 +122,17 @@ AGENT_SETTINGS = frozenset(
     help='Write {"grpc": PORT, "http": PORT} here once both listen.',
 )
 @click.option(
+    "--templates-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of the templates served by name. [default: pipelines/ of a checkout]",
+)
+@click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    help="Env KEY=VALUE that submissions may leave out (repeatable).",
+)
+@click.option(
     "--offline-after",
     type=click.FloatRange(min=1),
     help="Seconds without a heartbeat before a node is marked offline; agents are "
@@ -140,6 +154,8 @@ def server(
     port_file: str | None,
     offline_after: float | None,
     node_lost_after: float | None,
+    templates_dir: str | None,
+    envs: tuple[str, ...],
     log_level: str,
     log_format: str,
 ) -> None:
@@ -164,6 +180,8 @@ def server(
         http_address=http_address or config.get("http", "0.0.0.0:8080"),
         port_file=port_file,
         **timings,
+        templates_dir=templates_dir or config.get("templates_dir"),
+        envs={**_mapping(config.get("envs"), "envs"), **_pairs(envs, "--env")},
     )
 
 

@@ -23,6 +23,8 @@ Routes:
   ``GET /readyz``: 200 once the agents' gRPC service and the dispatcher run as well,
   503 otherwise.
 - ``GET /metrics``: Prometheus metrics (see ``metrics``).
+- ``GET /api/templates`` and ``GET /api/templates/<name>``: the shipped templates (see
+  ``templates``), which ``POST /api/pipelines`` also takes by name.
 - ``GET /``: the dashboard, a static page that uses this same API.
 
 Every error answers JSON ``{"error": sentence, "problems": [{"path", "message"}]}``, with
@@ -61,6 +63,7 @@ from gamepipeline.server.store import (
     Store,
 )
 from gamepipeline.server.submission import prepare, read_submission
+from gamepipeline.server.templates import TemplateCatalog, add_template_routes
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,10 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     ready: Callable[[], bool] | None = None,
+    templates: TemplateCatalog | None = None,
 ) -> Flask:
+    # templates: served at /api/templates, submitted by name, configured env values
+    catalog = templates or TemplateCatalog(None)
     app = Flask(__name__)  # serves the dashboard's files from server/static/
     if metrics is None:
         metrics = Metrics()
@@ -115,8 +121,9 @@ def create_app(
 
     @app.post("/api/pipelines")
     def submit() -> tuple[Response, int, dict[str, str]]:
-        submission = read_submission(request.get_data(), request.args.to_dict())
-        new = prepare(submission)
+        raw, query = request.get_data(), request.args.to_dict()
+        submission = catalog.read(raw, query) or read_submission(raw, query)
+        new = prepare(catalog.with_server_envs(submission))
         pipeline_id = store.create_pipeline(new)
         dispatch.wake()
         location = f"/api/pipelines/{pipeline_id}"
@@ -201,6 +208,7 @@ def create_app(
         assert app.static_folder is not None
         return send_from_directory(app.static_folder, "index.html")
 
+    add_template_routes(app, catalog)
     return app
 
 

@@ -29,6 +29,7 @@ from gamepipeline.server.dispatcher import NODE_LOST_AFTER_SECONDS, Dispatcher
 from gamepipeline.server.grpc_service import PipelineService
 from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.store import Store
+from gamepipeline.server.templates import TemplateCatalog, default_templates_dir
 from gamepipeline.wire import NODE_OFFLINE_AFTER_SECONDS, SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,14 @@ def start_server(
     http_port: int = 0,
     offline_after_seconds: float = NODE_OFFLINE_AFTER_SECONDS,
     node_lost_after_seconds: float = NODE_LOST_AFTER_SECONDS,
+    templates_dir: str | Path | None = None,
+    envs: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Open the database, bind both ports and start serving; answer once both listen."""
+    """Open the database, bind both ports and start serving; answer once both listen.
+
+    ``templates_dir`` holds the templates served by name (default: ``pipelines/`` of a
+    checkout); ``envs`` are env values that submissions may leave out.
+    """
     store = Store(db_path)
     was_online = store.mark_all_nodes_offline()
     if was_online:
@@ -140,7 +147,14 @@ def start_server(
             f"{outcome.get('error', 'timed out')}; pick a free port or stop what holds it"
         )
 
-    app = create_app(store, dispatcher_box[0], metrics=metrics, ready=serving.is_set)
+    folder = Path(templates_dir) if templates_dir else default_templates_dir()
+    app = create_app(
+        store,
+        dispatcher_box[0],
+        metrics=metrics,
+        ready=serving.is_set,
+        templates=TemplateCatalog(folder, envs),
+    )
     try:
         http = create_server(app, host=http_host, port=http_port, threads=HTTP_THREADS)
     except OSError as err:
@@ -186,6 +200,8 @@ def serve(
     port_file: str | Path | None = None,
     offline_after_seconds: float = NODE_OFFLINE_AFTER_SECONDS,
     node_lost_after_seconds: float = NODE_LOST_AFTER_SECONDS,
+    templates_dir: str | Path | None = None,
+    envs: dict[str, str] | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT.
 
@@ -207,6 +223,8 @@ def serve(
         http_port=http_port,
         offline_after_seconds=offline_after_seconds,
         node_lost_after_seconds=node_lost_after_seconds,
+        templates_dir=templates_dir,
+        envs=envs,
     )
     try:
         if port_file is not None:
