@@ -677,6 +677,9 @@ class Template(_Strict):
     args: Declarations = Field(default_factory=list)
     steps: list[Step]
     timeout: str | None = None
+    #: Labels a node must carry (every one, with the same value) to run the pipeline
+    #: when no node is named at submission.
+    node_selector: dict[str, str] = Field(default_factory=dict)
 
     _descriptions: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
 
@@ -717,6 +720,33 @@ class Template(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return _duration_text(value)
+
+    @field_validator("node_selector", mode="before")
+    @classmethod
+    def _node_selector(cls, value: Any) -> dict[str, str]:
+        if value is not None and not isinstance(value, dict):
+            raise GrammarError.one(
+                f"expected a mapping of node label: value, got {_describe(value)}; "
+                "write for example {gpu: nvidia}"
+            )
+        selector = _text_map(
+            value,
+            "node label",
+            nulls='label {key} has no value; write {key}: "" to match an empty value',
+        )
+        # The server matches the selector before any arg is bound: it must be final.
+        problems = [
+            (
+                f".{key}",
+                "node_selector is matched as written; ${{ }} expressions are not "
+                "allowed here",
+            )
+            for key, text in selector.items()
+            if has_expression(key) or has_expression(text)
+        ]
+        if problems:
+            raise GrammarError(problems)
+        return selector
 
     @field_validator("description", mode="before")
     @classmethod
