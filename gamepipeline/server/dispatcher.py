@@ -6,7 +6,7 @@ pipeline ending) and once a second in any case:
 
 - every pending pipeline goes to a node: the one it names, queued while that node is
   offline, full, in maintenance or disabled, or else the connected active node with the
-  most free slots. A node never
+  most free slots among those whose labels match the pipeline's ``node_selector``. A node never
   holds more pending and running pipelines than the capacity it declared. The pipeline is
   marked assigned in the store before its message is queued, so a crash in between can
   only leave it assigned and unsent, and it is sent again when the node reconnects;
@@ -70,6 +70,7 @@ class AgentSession:
         self.id = next(_session_ids)
         self.node_id = registration.node_id
         self.capacity = registration.capacity
+        self.labels = dict(registration.labels)
         self.outbox: asyncio.Queue[pb.PipelineStreamResponse | StreamEnd] = (
             asyncio.Queue()
         )
@@ -347,19 +348,37 @@ class Dispatcher:
             session = self._sessions.get(record.node_requested)
             if session is None:
                 return None, f"waiting for node {record.node_requested} to connect"
+            selector = _selector(record)
+            if not _matches(selector, session.labels):
+                return None, (
+                    f"waiting for node {session.node_id}, whose labels do not match "
+                    f"the node_selector {selector}"
+                )
             if load.get(session.node_id, 0) >= session.capacity:
                 return None, (
                     f"waiting for a free slot on node {session.node_id} "
                     f"(all {session.capacity} in use)"
                 )
             return session, ""
+        selector = _selector(record)
         free = [
             (session.capacity - load.get(node_id, 0), node_id, session)
             for node_id, session in self._sessions.items()
-            if load.get(node_id, 0) < session.capacity and node_id not in closed
+            if load.get(node_id, 0) < session.capacity
+            and node_id not in closed
+            and _matches(selector, session.labels)
         ]
         if not free:
-            return None, "waiting for a connected node in service with a free slot"
+            wanted = (
+                " labelled "
+                + ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+                if selector
+                else ""
+            )
+            return (
+                None,
+                f"waiting for a connected node{wanted} in service with a free slot",
+            )
         free.sort(key=lambda item: (-item[0], item[1]))
         return free[0][2], ""
 
@@ -384,3 +403,14 @@ class Dispatcher:
             session.node_id,
             extra=ids(pipeline_id, node_id=session.node_id),
         )
+
+
+def _selector(record: PipelineRecord) -> dict[str, str]:
+    """The labels a node must carry to run the pipeline (its ``node_selector``)."""
+    selector = record.document.get("node_selector") or {}
+    return {str(k): str(v) for k, v in selector.items()}
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` carries every label of ``selector``."""
+    return all(labels.get(key) == value for key, value in selector.items())
