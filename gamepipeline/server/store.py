@@ -544,7 +544,11 @@ class Store:
                     changes |= {"finished_at_ms": at, "current_step": -1}
             db.table("pipelines").update(record.id, changes)
         _log_outcome(
-            report.pipeline_id, report.node_id, judgement.applies, judgement.detail
+            report.pipeline_id,
+            report.node_id,
+            judgement.applies,
+            judgement.detail,
+            sequence=report.sequence,
         )
         return ReportOutcome(judgement.applies, False, judgement.detail)
 
@@ -596,6 +600,7 @@ class Store:
             judgement.applies,
             judgement.detail,
             step=report.step_index,
+            sequence=report.sequence,
         )
         return ReportOutcome(judgement.applies, False, judgement.detail)
 
@@ -925,10 +930,14 @@ def _log_outcome(
     detail: str,
     *,
     step: int | None = None,
+    sequence: int = 0,
 ) -> None:
+    # The sequence number lets a reader of the log check that each report was applied
+    # once and in order.
     log.info(
-        "%s report from node %s on pipeline %s: %s",
+        "%s report %d from node %s on pipeline %s: %s",
         "applied" if applied else "ignored",
+        sequence,
         node_id,
         pipeline_id,
         detail,
