@@ -1,0 +1,190 @@
+"""The operator's commands against real server and agent processes (issue #9).
+
+``gamepipeline submit/status/list/cancel/nodes/node/logs`` run as a user runs them, as
+subprocesses, against the processes of ``conftest`` running real containers. The exit
+codes of ``submit --wait`` are pinned one by one: completed, failed, canceled, timed out
+and still running are five different outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gamepipeline.cli_api import (
+    EXIT_CANCELED,
+    EXIT_COMPLETED,
+    EXIT_FAILED,
+    EXIT_SERVER,
+    EXIT_STILL_RUNNING,
+    EXIT_TIMED_OUT,
+)
+
+from .conftest import Process, Server, gamepipeline_command
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+
+IMAGE = "gamepipeline/stand-in:busybox"
+
+
+def template(path: Path, *commands: str, timeout: str | None = None) -> str:
+    step: dict[str, Any] = {
+        "name": "work",
+        "container": {
+            "image": IMAGE,
+            "environment": {"KEY": "${{ envs.API_KEY }}"},
+            "commands": list(commands),
+        },
+    }
+    if timeout:
+        step["timeout"] = timeout
+    document = {"name": path.stem, "envs": ["API_KEY"], "steps": [step]}
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def cli(
+    server: Server, *argv: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GAMEPIPELINE_URL=f"http://127.0.0.1:{server.http_port}")
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [*gamepipeline_command(), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_submit_wait_exit_codes_tell_completed_failed_and_timed_out_apart(
+    server: Server, agent: Process, workdir: Path, cleanup_containers: list[str]
+) -> None:
+    ok = template(workdir / "ok.json", "echo all good")
+    bad = template(workdir / "bad.json", "echo broken", "exit 3")
+    slow = template(workdir / "slow.json", "sleep 60", timeout="2s")
+    key = ["--env", "API_KEY=k-123456"]
+
+    completed = cli(server, "submit", ok, *key, "--wait")
+    failed = cli(server, "submit", bad, *key, "--wait")
+    timed_out = cli(server, "submit", slow, *key, "--wait", "--output", "json")
+
+    assert completed.returncode == EXIT_COMPLETED, completed.stderr
+    assert "completed" in completed.stdout
+    assert failed.returncode == EXIT_FAILED, failed.stderr
+    assert "exited with code 3" in failed.stdout
+    assert timed_out.returncode == EXIT_TIMED_OUT, timed_out.stderr
+    final = json.loads(timed_out.stdout)
+    assert (final["state"], final["reason"]) == ("failed", "timeout")
+
+
+def test_cancel_ends_a_waiting_submit_with_the_canceled_code(
+    server: Server, agent: Process, workdir: Path, cleanup_containers: list[str]
+) -> None:
+    sleeper = template(workdir / "sleeper.json", "sleep 60")
+    url = f"http://127.0.0.1:{server.http_port}"
+
+    gave_up = cli(
+        server, "submit", sleeper, "--env", "API_KEY=x", "--wait", "--wait-timeout", "3"
+    )
+    assert gave_up.returncode == EXIT_STILL_RUNNING, gave_up.stderr
+    assert "still running" in gave_up.stderr
+    waiting = subprocess.Popen(
+        [*gamepipeline_command(), "submit", sleeper, "--env", "API_KEY=x", "--wait"],
+        env=dict(os.environ, GAMEPIPELINE_URL=url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running = _eventually_running(server, count=2)
+    for pipeline_id in running:
+        answer = cli(server, "cancel", pipeline_id)
+        assert answer.returncode == 0, answer.stderr
+
+    out, err = waiting.communicate(timeout=90)
+    assert waiting.returncode == EXIT_CANCELED, out + err
+    for pipeline_id in running:
+        server.api.wait(pipeline_id, timeout=60)
+    listed = json.loads(cli(server, "list", "--state", "canceled", "-o", "json").stdout)
+    assert sorted(p["id"] for p in listed) == sorted(running)
+
+
+def test_read_commands_answer_json_and_logs_show_masked_output(
+    server: Server,
+    agent: Process,
+    node_id: str,
+    workdir: Path,
+    cleanup_containers: list[str],
+) -> None:
+    chatty = template(workdir / "chatty.json", "echo one", "echo key=$KEY", "echo two")
+    submitted = cli(
+        server, "submit", chatty, "--env", "API_KEY=sup3r-s3cret", "-o", "json"
+    )
+    pipeline_id = json.loads(submitted.stdout)["id"]
+    server.api.wait(pipeline_id, timeout=120)
+
+    status = json.loads(cli(server, "status", pipeline_id, "-o", "json").stdout)
+    listed = json.loads(cli(server, "list", "--node", node_id, "-o", "json").stdout)
+    by_template = json.loads(
+        cli(server, "list", "--template", "chatty", "-o", "json").stdout
+    )
+    nodes = json.loads(cli(server, "nodes", "-o", "json").stdout)
+    logs = cli(server, "logs", pipeline_id)
+    logs_json = json.loads(cli(server, "logs", pipeline_id, "-o", "json").stdout)
+
+    assert status["state"] == "completed"
+    assert [p["id"] for p in listed] == [pipeline_id] == [p["id"] for p in by_template]
+    assert [(n["node_id"], n["state"]) for n in nodes] == [(node_id, "online")]
+    assert logs.stdout.splitlines() == [
+        "==> step 0 work (completed) <==",
+        "one",
+        "key=***",
+        "two",
+    ]
+    assert logs_json[0]["output_tail"] == "one\nkey=***\ntwo"
+    assert "sup3r-s3cret" not in logs.stdout + json.dumps(status)
+
+
+def test_node_command_puts_a_node_in_maintenance_and_back(
+    server: Server, agent: Process, node_id: str
+) -> None:
+    into = cli(server, "node", node_id, "maintenance")
+    table = cli(server, "nodes")
+    back = cli(server, "node", node_id, "enable", "-o", "json")
+
+    assert into.stdout.strip() == f"node {node_id} is now maintenance"
+    assert "maintenance" in table.stdout
+    assert json.loads(back.stdout)["state"] == "online"
+
+
+def test_an_unreachable_server_is_named_with_the_fix_and_exit_code_6(
+    workdir: Path,
+) -> None:
+    answer = subprocess.run(
+        [*gamepipeline_command(), "nodes", "--server-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert answer.returncode == EXIT_SERVER
+    assert "cannot reach the server at http://127.0.0.1:9" in answer.stderr
+    assert "--server-url" in answer.stderr
+
+
+def _eventually_running(server: Server, count: int) -> list[str]:
+    deadline = time.monotonic() + 60
+    while True:
+        running = [p["id"] for p in server.api.pipelines() if p["state"] == "running"]
+        if len(running) >= count or time.monotonic() > deadline:
+            assert len(running) == count, server.api.pipelines()
+            return running
+        time.sleep(0.2)
