@@ -123,24 +123,16 @@ def test_grpc_health_and_readyz_say_serving(server: RunningServer) -> None:
 
 def test_json_logs_carry_the_pipeline_and_node_ids(tmp_path: Path) -> None:
     port_file = tmp_path / "ports.json"
-    server = Process(
-        name="server",
-        argv=[
-            *gamepipeline_command(),
-            "server",
-            "--grpc",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp_path / "db.sqlite"),
-            "--port-file",
-            str(port_file),
-            "--log-format",
-            "json",
-        ],  # fmt: skip
-        log=tmp_path / "server.log",
-    )
+    argv = [
+        *gamepipeline_command(),
+        "server",
+        "--grpc", "127.0.0.1:0",
+        "--http", "127.0.0.1:0",
+        "--db", str(tmp_path / "db.sqlite"),
+        "--port-file", str(port_file),
+        "--log-format", "json",
+    ]  # fmt: skip
+    server = Process(name="server", argv=argv, log=tmp_path / "server.log")
     server.start()
     try:
         deadline = time.monotonic() + 30
