@@ -229,7 +229,8 @@ function argName(item) {
 
 function field(kind, item, secret) {
   const name = argName(item);
-  const help = typeof item === "string" ? "" : item.description || "";
+  let help = typeof item === "string" ? "" : item.description || "";
+  if (item.provided_by_server) help = `${help} (the server provides it; leave empty)`.trim();
   return el("label", {},
     el("span", { class: "mono" }, `${kind}.${name}`),
     el("input", { name: `${kind}.${name}`, type: secret ? "password" : "text", "data-field": `${kind}.${name}` }),
