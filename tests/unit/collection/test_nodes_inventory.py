@@ -16,7 +16,7 @@ from ansible_collections.beaglewind.gamepipeline.plugins.module_utils import (
 )
 
 
-def record(node_id: str, state: str = "online", **extra: Any) -> dict[str, Any]:
+def record(node_id: str, state: str | None = "online", **extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "node_id": node_id,
         "hostname": f"{node_id}.example.net",
@@ -38,6 +38,12 @@ def test_a_bare_list_and_an_enveloped_list_read_the_same() -> None:
     assert [n.node_id for n in inv.parse_nodes(nodes)] == ["gn-1", "gn-2"]
 
 
+def test_a_state_the_plugin_does_not_know_yet_makes_its_own_group() -> None:
+    nodes = inv.parse_nodes([record("gn-1", state="draining")])
+
+    assert inv.plan_inventory(nodes).groups["state_draining"] == ["gn-1"]
+
+
 def test_label_values_become_strings_and_the_whole_record_is_kept() -> None:
     (node,) = inv.parse_nodes([record("gn-1", labels={"gpus": 2}, running=1)])
 
@@ -54,7 +60,7 @@ def test_a_missing_hostname_falls_back_to_the_node_id() -> None:
 def test_every_bad_field_is_reported_at_once_with_its_path() -> None:
     bad = [
         record("gn-1"),
-        record("", state="lost", capacity="four", labels=["gpu"]),
+        record("", state=None, capacity="four", labels=["gpu"]),
         "gn-3",
     ]
 
@@ -63,7 +69,7 @@ def test_every_bad_field_is_reported_at_once_with_its_path() -> None:
 
     message = str(caught.value)
     assert "nodes[1].node_id: '' is not a non-empty string" in message
-    assert "nodes[1].state: 'lost' is not one of online, offline" in message
+    assert "nodes[1].state: None is not a non-empty string" in message
     assert "nodes[1].capacity: 'four' is not a whole number" in message
     assert "nodes[1].labels: ['gpu'] is not a mapping" in message
     assert "nodes[2]: 'gn-3' is not an object" in message
@@ -87,28 +93,33 @@ def test_nodes_are_grouped_by_state_and_by_each_label() -> None:
         [
             record("gn-1", labels={"gpu": "nvidia", "zone": "cn-qd-1"}),
             record("gn-2", state="offline", labels={"gpu": "nvidia"}),
+            record("gn-3", state="maintenance"),
         ]
     )
 
     plan = inv.plan_inventory(nodes)
 
     assert plan.groups == {
-        "gamenodes": ["gn-1", "gn-2"],
+        "gamenodes": ["gn-1", "gn-2", "gn-3"],
         "state_online": ["gn-1"],
         "label_gpu_nvidia": ["gn-1", "gn-2"],
         "label_zone_cn_qd_1": ["gn-1"],
         "state_offline": ["gn-2"],
+        "state_maintenance": ["gn-3"],
     }
 
 
 def test_hosts_carry_the_node_and_reach_it_by_its_hostname() -> None:
-    (node,) = inv.parse_nodes([record("gn-1", labels={"gpu": "nvidia"})])
+    (node,) = inv.parse_nodes(
+        [record("gn-1", labels={"gpu": "nvidia"}, connected=True)]
+    )
 
     hostvars = inv.plan_inventory([node]).hosts["gn-1"]
 
     assert hostvars["ansible_host"] == "gn-1.example.net"
     assert hostvars["gamepipeline_node_id"] == "gn-1"
     assert hostvars["gamepipeline_state"] == "online"
+    assert hostvars["gamepipeline_connected"] is True
     assert hostvars["gamepipeline_capacity"] == 4
     assert hostvars["gamepipeline_labels"] == {"gpu": "nvidia"}
     assert hostvars["gamepipeline_node"]["hostname"] == "gn-1.example.net"

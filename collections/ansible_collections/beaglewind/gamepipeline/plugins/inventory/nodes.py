@@ -13,12 +13,15 @@ description:
   - Asks a running GamePipeline server for its nodes (C(GET /api/nodes)) and adds one
     host per node, named by its node id, with C(ansible_host) set to the host name the
     agent reported.
-  - Every node is in the group C(gamenodes), in C(state_online) or C(state_offline), and
-    in one C(label_<key>_<value>) group per label; characters other than letters, digits
+  - Every node is in the group C(gamenodes), in one C(state_<state>) group
+    (C(state_online), C(state_offline), C(state_maintenance), C(state_disabled)), and in
+    one C(label_<key>_<value>) group per label; characters other than letters, digits
     and C(_) become C(_) in group names.
   - Each host gets C(gamepipeline_node_id), C(gamepipeline_hostname),
-    C(gamepipeline_state), C(gamepipeline_capacity), C(gamepipeline_labels) and the
-    server's whole record as C(gamepipeline_node).
+    C(gamepipeline_state), C(gamepipeline_connected), C(gamepipeline_capacity),
+    C(gamepipeline_labels) and the
+    server's whole record as C(gamepipeline_node). These values come from the network
+    and are marked untrusted, so Ansible never evaluates them as templates.
   - The configuration file's name must end in C(gamepipeline_nodes.yml) or
     C(gamepipeline_nodes.yaml).
 extends_documentation_fragment:
@@ -36,16 +39,18 @@ options:
       - name: GAMEPIPELINE_URL
   token:
     description:
-      - Token sent as C(Authorization: Bearer TOKEN); not sent when empty.
+      - "Token sent as C(Authorization: Bearer TOKEN); not sent when empty."
     type: str
     env:
       - name: GAMEPIPELINE_TOKEN
   states:
-    description: Only nodes in these states become hosts.
+    description:
+      - Only nodes in these states become hosts; every node when not set.
+      - C(maintenance) and C(disabled) are nodes an operator put aside; their agents may
+        still be connected (see C(gamepipeline_connected)).
     type: list
     elements: str
-    choices: [online, offline]
-    default: [online, offline]
+    choices: [online, offline, maintenance, disabled]
   label_groups:
     description: Put each node in a C(label_<key>_<value>) group per label.
     type: bool
@@ -71,6 +76,7 @@ EXAMPLES = r"""
 plugin: beaglewind.gamepipeline.nodes
 url: http://gamepipeline.example.net:8080
 
+---
 # Only the online nodes, with a group per GPU vendor from the "gpu" label
 plugin: beaglewind.gamepipeline.nodes
 url: http://gamepipeline.example.net:8080

@@ -15,7 +15,8 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 
 NODES_PATH = "/api/nodes"
-STATES = ("online", "offline")
+STATES = ("online", "offline", "maintenance", "disabled")
+"""The states the server gives a node: connected or not, or put aside by an operator."""
 ALL_NODES_GROUP = "gamenodes"
 
 _GROUP_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -110,9 +111,10 @@ def _parse_node(record: Any, path: str, problems: list[str]) -> Node | None:
     hostname = record.get("hostname") or node_id
     if not isinstance(hostname, str):
         problems.append(f"{path}.hostname: {hostname!r} is not a string")
+    # A state this plugin does not know yet still makes a group of its own.
     state = record.get("state")
-    if state not in STATES:
-        problems.append(f"{path}.state: {state!r} is not one of {', '.join(STATES)}")
+    if not isinstance(state, str) or not state:
+        problems.append(f"{path}.state: {state!r} is not a non-empty string")
     capacity = record.get("capacity", 0)
     if isinstance(capacity, bool) or not isinstance(capacity, int):
         problems.append(f"{path}.capacity: {capacity!r} is not a whole number")
@@ -134,17 +136,17 @@ def _parse_node(record: Any, path: str, problems: list[str]) -> Node | None:
 
 def plan_inventory(
     nodes: Iterable[Node],
-    states: Iterable[str] = STATES,
+    states: Iterable[str] | None = None,
     label_groups: bool = True,
     hostname_as_ansible_host: bool = True,
 ) -> InventoryPlan:
     """Hosts named by node id, in ``gamenodes``, ``state_<state>`` and label groups.
 
-    A label ``gpu: nvidia`` puts its node in ``label_gpu_nvidia``. Nodes whose state is not
-    in ``states`` are left out.
+    A label ``gpu: nvidia`` puts its node in ``label_gpu_nvidia``. When ``states`` is
+    given, nodes in other states are left out.
     """
-    wanted = set(states)
-    unknown = wanted - set(STATES)
+    wanted = None if states is None else set(states)
+    unknown = (wanted or set()) - set(STATES)
     if unknown:
         raise NodesInventoryError(
             f"states: {sorted(unknown)} are not node states; choose from "
@@ -153,7 +155,7 @@ def plan_inventory(
 
     plan = InventoryPlan()
     for node in nodes:
-        if node.state not in wanted:
+        if wanted is not None and node.state not in wanted:
             continue
         plan.hosts[node.node_id] = host_vars(node, hostname_as_ansible_host)
         plan.add_to_group(ALL_NODES_GROUP, node.node_id)
@@ -170,6 +172,7 @@ def host_vars(node: Node, hostname_as_ansible_host: bool = True) -> dict[str, An
         "gamepipeline_node_id": node.node_id,
         "gamepipeline_hostname": node.hostname,
         "gamepipeline_state": node.state,
+        "gamepipeline_connected": bool(node.record.get("connected", False)),
         "gamepipeline_capacity": node.capacity,
         "gamepipeline_labels": dict(node.labels),
         "gamepipeline_node": dict(node.record),
