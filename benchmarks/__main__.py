@@ -1,8 +1,8 @@
 """``python -m benchmarks``: run the benchmarks, print a table, write results.json.
 
 Options: ``--only startup,fleet,ingest,footprint`` picks benchmarks; ``--profile`` also
-attaches py-spy to the server and agent and writes collapsed stacks to
-benchmarks/profiles/ (the figures of a profiled run carry py-spy's overhead: take the
+attaches py-spy to the server and agent, writes collapsed stacks to
+benchmarks/profiles/ and times Ansible's phases (``ansible_phases``) (the figures of a profiled run carry py-spy's overhead: take the
 figures from a run without it); ``--rounds`` sets the rounds of benchmark 1.
 """
 
@@ -21,7 +21,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import fleet, footprint, ingest, startup
+from benchmarks import ansible_phases, fleet, footprint, ingest, startup
 from benchmarks.common import BENCH_DIR
 
 ALL = ("startup", "fleet", "ingest", "footprint")
@@ -62,18 +62,16 @@ def main() -> None:
         for name in chosen:
             console.print(f"[bold]benchmark: {name}[/bold]")
             t0 = time.monotonic()
-            if name == "startup":
-                results[name] = startup.run(
-                    workdir, rounds=options.rounds, profile=options.profile
-                )
-            elif name == "fleet":
-                results[name] = fleet.run(workdir, profile=options.profile)
-            elif name == "ingest":
-                results[name] = ingest.run(workdir, profile=options.profile)
-            elif name == "footprint":
-                results[name] = footprint.run(workdir, profile=options.profile)
+            try:
+                results[name] = _run_one(name, workdir, options)
+            except Exception as err:
+                console.print_exception()
+                results[name] = {"error": f"{type(err).__name__}: {err}"}
             results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
             console.print(f"  done in {results[name]['wall_seconds']} s")
+        if options.profile and "startup" in chosen:
+            console.print("[bold]profile: Ansible's phases[/bold]")
+            results["ansible_phases"] = ansible_phases.run(workdir)
     finally:
         results["total_seconds"] = round(time.monotonic() - began, 1)
         options.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
@@ -83,6 +81,16 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     console.print(table(results))
     console.print(f"results written to {options.out}; {results['total_seconds']} s")
+
+
+def _run_one(name: str, workdir: Path, options: argparse.Namespace) -> dict[str, Any]:
+    if name == "startup":
+        return startup.run(workdir, rounds=options.rounds, profile=options.profile)
+    if name == "fleet":
+        return fleet.run(workdir, profile=options.profile)
+    if name == "ingest":
+        return ingest.run(workdir, profile=options.profile)
+    return footprint.run(workdir, profile=options.profile)
 
 
 def _fmt(value: Any) -> str:
@@ -109,9 +117,12 @@ def table(results: dict[str, Any]) -> Table:
         mark = "" if ok is None else ("[green]yes[/green]" if ok else "[red]no[/red]")
         t.add_row(bench, figure, _fmt(value), _fmt(baseline), _fmt(ratio), target, mark)
 
+    for name in ALL:
+        if "error" in results.get(name, {}):
+            row(name, "error", results[name]["error"][:60], ok=False)
     for case in ("one_step", "three_step"):
         r = results.get("startup", {}).get(case)
-        if not r:
+        if not r or not r["rounds"]:
             continue
         p, d = r["pipeline"], r["docker_run"]
         target = "p50 ratio ≤ 3.0" if case == "one_step" else ""
@@ -127,7 +138,7 @@ def table(results: dict[str, Any]) -> Table:
         row("", "p95 ms", p["p95_ms"], d["p95_ms"], r["p95_ratio"])
 
     f = results.get("fleet")
-    if f:
+    if f and "error" not in f:
         best = f.get("largest_passing") or {}
         ok = best.get("agents", 0) >= 10_000 and best.get("rate", 0) >= 200
         row(
@@ -153,7 +164,7 @@ def table(results: dict[str, Any]) -> Table:
                 trial["passed"],
             )
     i = results.get("ingest")
-    if i:
+    if i and "error" not in i:
         row(
             "3 ingestion",
             "UpdateStepStatus applied/s",
@@ -164,7 +175,7 @@ def table(results: dict[str, Any]) -> Table:
             i["persisted"]["per_second"] >= 5000 and i["ratio"] >= 0.5,
         )
     fp = results.get("footprint")
-    if fp:
+    if fp and "error" not in fp:
         idle, busy = fp["idle"], fp["busy"]
         row(
             "4 agent footprint",

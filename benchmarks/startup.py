@@ -31,7 +31,14 @@ from benchmarks.common import (
 )
 
 BUSYBOX = "gamepipeline/stand-in:busybox"
+#: A round whose pipeline fails is run again, at most this many times. On a shared
+#: machine another test run's cleanup can remove a container mid-round (see RESULTS.md).
+RETRIES = 2
 GAME = "game-server:latest"
+
+
+class RoundFailed(Exception):
+    """The pipeline of a round did not complete."""
 
 
 def one_step(prefix: str) -> tuple[dict[str, Any], list[list[str]]]:
@@ -165,20 +172,36 @@ def run(
         agent = start_agent(workdir / "startup", server, node, "--capacity", "4")
         # One unmeasured round of each: images and Ansible's modules warm in the cache.
         for case in ("one_step", "three_step"):
-            _round(case, server, node, client, workdir, 0, pipeline_first=True)
+            with contextlib.suppress(RoundFailed):
+                _round(case, server, node, client, workdir, 0, pipeline_first=True)
         for case in ("one_step", "three_step"):
             times: dict[str, list[float]] = {"pipeline": [], "docker": []}
+            failures: list[str] = []
             for i in range(1, rounds + 1):
-                if time.monotonic() > deadline:
+                for _ in range(RETRIES + 1):
+                    if time.monotonic() > deadline:
+                        break
+                    try:
+                        p, d = _round(
+                            case, server, node, client, workdir, i, i % 2 == 1
+                        )
+                    except RoundFailed as err:
+                        failures.append(str(err))
+                        remove_bench_containers(client)
+                        continue
+                    times["pipeline"].append(p)
+                    times["docker"].append(d)
                     break
-                p, d = _round(case, server, node, client, workdir, i, i % 2 == 1)
-                times["pipeline"].append(p)
-                times["docker"].append(d)
+            if not times["pipeline"]:
+                result[case] = {"rounds": 0, "failures": failures}
+                continue
             pipe, dock = summary_ms(times["pipeline"]), summary_ms(times["docker"])
             result[case] = {
                 "rounds": len(times["pipeline"]),
                 "pipeline": pipe,
                 "docker_run": dock,
+                "failed_rounds": len(failures),
+                "failures": failures[:5],
                 "p50_ratio": round(pipe["p50_ms"] / dock["p50_ms"], 2),
                 "p95_ratio": round(
                     percentile([t * 1000 for t in times["pipeline"]], 95)
@@ -216,7 +239,9 @@ def _round(
         pid = server.api.submit(document, node=node)
         final, seen = wait_final(server.api, pid, timeout=120)
         if final["state"] != "completed":
-            raise RuntimeError(f"bench pipeline {pid} ended {final['state']}: {final}")
+            raise RoundFailed(
+                f"pipeline {pid} ended {final['state']}: {final['message']}"
+            )
         return seen - started
 
     if pipeline_first:

@@ -1,0 +1,136 @@
+"""Where a one-step pipeline's time goes inside Ansible (part of ``--profile``).
+
+Runs the agent's own playbook for the one-step service pipeline of benchmark 1 through
+ansible-runner with the agent's own options (``PipelineRun._runner_options``), and
+splits the wall time by the events' timestamps: ansible-runner and ansible-playbook
+starting up, each task, and the end of the run. A second run with
+``ANSIBLE_PIPELINING=1`` and a third with only the task that starts the container show
+what two candidate changes are worth. Interpreter start-ups of the pieces are timed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+import docker
+
+from benchmarks.startup import one_step, remove_bench_containers
+from gamepipeline import pipeline as language
+from gamepipeline.agent.runner import PipelineRun, prepare
+from gamepipeline.proto import gamepipeline_pb2 as pb
+
+
+def _stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["created"]).timestamp()
+
+
+def _run(
+    workdir: Path, playbook: list[dict[str, Any]], extra_env: dict[str, str]
+) -> dict[str, Any]:
+    pipeline = pb.GamePipeline(id=uuid.uuid4().hex)
+    run = PipelineRun(pipeline, runs_dir=workdir, node_envs={}, emit=lambda *a: None)
+    run.data_dir = run._make_data_dir()
+    (run.data_dir / "project" / "main.yml").write_text(
+        language.render_playbook(playbook), encoding="utf-8"
+    )
+    options = run._runner_options()
+    options["envvars"].update(extra_env)
+    events: list[dict[str, Any]] = []
+    options["event_handler"] = lambda e: events.append(e) or True
+    options.pop("cancel_callback")
+    began = time.time()
+    result = ansible_runner.run(**options)
+    ended = time.time()
+    tasks: list[dict[str, Any]] = []
+    starts: dict[str, float] = {}
+    play_start = None
+    last = began
+    for event in events:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_start":
+            play_start = _stamp(event)
+        elif kind == "playbook_on_task_start":
+            starts[data.get("task_uuid", "")] = _stamp(event)
+        elif kind.startswith("runner_on_") and kind != "runner_on_start":
+            start = starts.get(data.get("task_uuid", ""), last)
+            tasks.append(
+                {
+                    "task": data.get("task", "?"),
+                    "status": kind.removeprefix("runner_on_"),
+                    "seconds": round(_stamp(event) - start, 3),
+                }
+            )
+        if "created" in event:
+            last = _stamp(event)
+    return {
+        "status": result.status,
+        "total_s": round(ended - began, 3),
+        "until_playbook_start_s": round((play_start or began) - began, 3),
+        "after_last_event_s": round(ended - last, 3),
+        "tasks": tasks,
+    }
+
+
+def _time_command(argv: list[str]) -> float:
+    best = float("inf")
+    for _ in range(3):
+        began = time.monotonic()
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        best = min(best, time.monotonic() - began)
+    return round(best, 3)
+
+
+def run(workdir: Path) -> dict[str, Any]:
+    workdir = workdir / "ansible-phases"
+    workdir.mkdir(parents=True, exist_ok=True)
+    client = docker.from_env()
+    out: dict[str, Any] = {}
+    try:
+        for label, env, main_only in (
+            ("as_shipped", {}, False),
+            ("pipelining", {"ANSIBLE_PIPELINING": "1"}, False),
+            ("main_task_only", {}, True),
+        ):
+            document, _ = one_step(f"gpb-phase-{uuid.uuid4().hex[:6]}")
+            pipeline = pb.GamePipeline(
+                id=uuid.uuid4().hex, document_json=json.dumps(document)
+            )
+            playbook = prepare(pipeline, {}).playbook
+            if main_only:
+                for play in playbook:
+                    play["tasks"] = [
+                        t
+                        for t in play["tasks"]
+                        if "community.docker.docker_container" in t
+                    ]
+                    for t in play["tasks"]:
+                        t.pop("when", None)
+            _run(workdir, playbook, env)  # warm the page cache
+            remove_bench_containers(client)
+            out[label] = _run(workdir, playbook, env)
+            remove_bench_containers(client)
+        py = sys.executable
+        out["startup_seconds"] = {
+            "python": _time_command([py, "-c", "pass"]),
+            "import_ansible_runner": _time_command([py, "-c", "import ansible_runner"]),
+            "ansible_playbook_version": _time_command(
+                [str(Path(py).parent / "ansible-playbook"), "--version"]
+            ),
+            "import_docker_sdk": _time_command([py, "-c", "import docker"]),
+            "docker_cli_version": _time_command(["docker", "version"]),
+        }
+    finally:
+        with contextlib.suppress(Exception):
+            remove_bench_containers(client)
+        client.close()
+    return out
