@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, Process, Server, start_agent
+from .conftest import ROOT, Server, start_agent, start_server
 
 COLLECTIONS = ROOT / "collections"
 
@@ -29,8 +29,12 @@ def write_source(workdir: Path, url: str, **options: Any) -> Path:
     return source
 
 
-def ansible_inventory(source: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def ansible_inventory(
+    source: Path, token: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GAMEPIPELINE_TOKEN"}
+    if token:
+        env["GAMEPIPELINE_TOKEN"] = token
     env.update(
         ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
         ANSIBLE_INVENTORY_ENABLED="beaglewind.gamepipeline.nodes",
@@ -39,7 +43,7 @@ def ansible_inventory(source: Path, *extra: str) -> subprocess.CompletedProcess[
     )
     command = Path(sys.executable).parent / "ansible-inventory"
     return subprocess.run(
-        [str(command), "-i", str(source), "--list", *extra],
+        [str(command), "-i", str(source), "--list"],
         capture_output=True,
         text=True,
         env=env,
@@ -48,8 +52,8 @@ def ansible_inventory(source: Path, *extra: str) -> subprocess.CompletedProcess[
     )
 
 
-def listed(source: Path) -> dict[str, Any]:
-    result = ansible_inventory(source)
+def listed(source: Path, token: str = "") -> dict[str, Any]:
+    result = ansible_inventory(source, token)
     assert result.returncode == 0, result.stderr
     inventory: dict[str, Any] = json.loads(result.stdout, object_hook=_trusted)
     return inventory
@@ -82,8 +86,10 @@ def wait_offline(server: Server, node_id: str) -> None:
 
 
 @pytest.fixture
-def fleet(workdir: Path, server: Server) -> Any:
-    """Two agents with labels; the second is stopped, so its node is offline."""
+def fleet(workdir: Path) -> Any:
+    """A server that wants tokens, and two agents with labels; the second is stopped,
+    so its node is offline."""
+    server = start_server(workdir, nodes=["gn-gpu", "gn-idle"])
     gpu = start_agent(
         workdir, server, "gn-gpu", "--label", "gpu=nvidia", "--label", "zone=qd-1",
         "--capacity", "3", name="agent-gpu",
@@ -93,16 +99,18 @@ def fleet(workdir: Path, server: Server) -> Any:
     )
     idle.stop()
     wait_offline(server, "gn-idle")
-    agents: list[Process] = [gpu, idle]
     yield server
-    for agent in agents:
-        agent.stop()
+    gpu.stop()
+    server.stop()
+    print(f"--- server log ---\n{server.tail()}")
 
 
 def test_every_node_is_a_host_grouped_by_state_and_labels(
     workdir: Path, fleet: Server
 ) -> None:
-    source = write_source(workdir, f"http://127.0.0.1:{fleet.http_port}")
+    source = write_source(
+        workdir, f"http://127.0.0.1:{fleet.http_port}", token=fleet.token
+    )
 
     inventory = listed(source)
 
@@ -117,9 +125,10 @@ def test_every_node_is_a_host_grouped_by_state_and_labels(
 def test_hosts_carry_what_the_server_knows_of_their_node(
     workdir: Path, fleet: Server
 ) -> None:
+    assert fleet.token is not None
     source = write_source(workdir, f"http://127.0.0.1:{fleet.http_port}")
 
-    hostvars = listed(source)["_meta"]["hostvars"]["gn-gpu"]
+    hostvars = listed(source, token=fleet.token)["_meta"]["hostvars"]["gn-gpu"]
 
     assert hostvars["gamepipeline_node_id"] == "gn-gpu"
     assert hostvars["gamepipeline_state"] == "online"
@@ -138,6 +147,7 @@ def test_a_state_filter_and_keyed_groups_shape_the_inventory(
         states=["online"],
         label_groups=False,
         keyed_groups=[{"key": "gamepipeline_labels.zone", "prefix": "zone"}],
+        token=fleet.token,
     )
 
     inventory = listed(source)
@@ -146,6 +156,20 @@ def test_a_state_filter_and_keyed_groups_shape_the_inventory(
     assert members(inventory, "zone_qd_1") == ["gn-gpu"]
     assert "label_gpu_nvidia" not in inventory
     assert "gn-idle" not in inventory["_meta"]["hostvars"]
+
+
+def test_a_refused_token_fails_the_inventory_with_the_fix(
+    workdir: Path, fleet: Server
+) -> None:
+    source = write_source(
+        workdir, f"http://127.0.0.1:{fleet.http_port}", token="gp_not-a-known-token"
+    )
+
+    result = ansible_inventory(source)
+
+    assert result.returncode != 0
+    assert "answered 401" in result.stderr
+    assert "check the token" in " ".join(result.stderr.split())
 
 
 def test_a_server_that_is_not_there_fails_the_inventory_with_its_address(
