@@ -83,7 +83,7 @@ class Server(Process):
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def start_server(workdir: Path, name: str = "server") -> Server:
+def start_server(workdir: Path, *extra: str, name: str = "server") -> Server:
     db_path = workdir / "gamepipeline.db"
     port_file = workdir / f"{name}-ports.json"
     port_file.unlink(missing_ok=True)
@@ -95,6 +95,7 @@ def start_server(workdir: Path, name: str = "server") -> Server:
         "--db", str(db_path),
         "--port-file", str(port_file),
         "--log-level", "debug",
+        *extra,
     ]  # fmt: skip
     server = Server(name=name, argv=argv, log=workdir / f"{name}.log", db_path=db_path)
     server.start()
