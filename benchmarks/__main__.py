@@ -50,7 +50,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ALL}")
 
-    console = Console()
+    console = Console(width=170)
     workdir = Path(tempfile.mkdtemp(prefix="gamepipeline-bench-"))
     results: dict[str, Any] = {
         "machine": machine(),

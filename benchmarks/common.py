@@ -297,7 +297,13 @@ class Profiler:
     """
 
     def __init__(
-        self, name: str, pid: int, seconds: float, *, subprocesses: bool = False
+        self,
+        name: str,
+        pid: int,
+        seconds: float,
+        *,
+        subprocesses: bool = False,
+        wall: bool = False,
     ) -> None:
         self.name = name
         self.out = PROFILE_DIR / f"{name}.txt"
@@ -311,6 +317,10 @@ class Profiler:
         ]  # fmt: skip
         if subprocesses:
             argv.append("--subprocesses")
+        if wall:
+            # Waiting counts too (a commit's fsync blocks the event loop off-CPU), and
+            # each stack starts with its thread's name so one thread can be picked out.
+            argv += ["--idle", "--threads"]
         self.argv = argv
 
     def __enter__(self) -> Profiler:
@@ -330,12 +340,18 @@ class Profiler:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def top(self, count: int = 12) -> list[dict[str, Any]]:
-        return top_frames(self.out, count)
+    def top(self, count: int = 12, thread: str | None = None) -> list[dict[str, Any]]:
+        return top_frames(self.out, count, thread)
 
 
-def top_frames(path: Path, count: int = 12) -> list[dict[str, Any]]:
-    """The heaviest frames of a collapsed-stack file: inclusive and self shares."""
+def top_frames(
+    path: Path, count: int = 12, thread: str | None = None
+) -> list[dict[str, Any]]:
+    """The heaviest frames of a collapsed-stack file: inclusive and self shares.
+
+    With ``thread``, only the stacks of threads whose name starts with it (the file
+    must come from ``wall=True``), as shares of that thread's wall time.
+    """
     if not path.exists():
         return []
     inclusive: collections.Counter[str] = collections.Counter()
@@ -347,6 +363,11 @@ def top_frames(path: Path, count: int = 12) -> list[dict[str, Any]]:
             continue
         samples = int(n)
         total += samples
+        if thread is not None:
+            head = stack.split(";", 1)[0]
+            if not head.partition(": ")[2].startswith(thread):
+                total -= samples
+                continue
         frames = [_short(f) for f in stack.split(";") if f]
         for frame in set(frames):
             inclusive[frame] += samples

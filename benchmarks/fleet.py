@@ -154,7 +154,9 @@ def _trial(
 ) -> dict[str, Any]:
     _ask_all(workers, "dump", 30)  # forget what came before
     profiler = (
-        Profiler(f"fleet-server-{agents}-{rate}", server.pid, TRIAL_SECONDS + 5)
+        Profiler(
+            f"fleet-server-{agents}-{rate}", server.pid, TRIAL_SECONDS + 5, wall=True
+        )
         if profile
         else None
     )
@@ -215,7 +217,10 @@ def _trial(
         "examples": (sent["errors"][:3] + status_errors[:3] + lost_streams[:3]),
     }
     if profiler:
-        result["profile"] = profiler.top()
+        result["profile"] = {
+            "grpc_loop": profiler.top(thread="grpc-loop"),
+            "http": profiler.top(thread="waitress"),
+        }
     return result
 
 
@@ -247,17 +252,19 @@ def run(
         for level in levels:
             if time.monotonic() > deadline - 30:
                 break
-            share = (level - connected) // WORKERS
+            share, extra = divmod(level - connected, WORKERS)
             with Sampler(server.pid) as sampler:
                 prof = (
-                    Profiler(f"fleet-register-{level}", server.pid, 60)
+                    Profiler(f"fleet-register-{level}", server.pid, 60, wall=True)
                     if profile
                     else None
                 )
                 if prof:
                     prof.__enter__()
                 started = time.monotonic()
-                answers = _ask_all(workers, f"grow {share}", 90)
+                for index, worker in enumerate(workers):
+                    worker.send(f"grow {share + (index < extra)}")
+                answers = [worker.answer(90) for worker in workers]
                 if prof:
                     prof.__exit__(None, None, None)
             registered = sum(a["registered"] for a in answers)
@@ -267,7 +274,7 @@ def run(
                     "registered": registered,
                     "seconds": round(time.monotonic() - started, 1),
                     "server": sampler.usage().as_dict(),
-                    **({"profile": prof.top()} if prof else {}),
+                    **({"profile": prof.top(thread="grpc-loop")} if prof else {}),
                 }
             )
             connected = sum(a["agents"] for a in answers)

@@ -175,7 +175,11 @@ async def _measure(
     try:
         with Sampler(null.pid, interval=0.5) as null_usage:
             baseline = await _load(null_address, ids)
-        prof = Profiler("ingest-server", server.pid, SECONDS + 2) if profile else None
+        prof = (
+            Profiler("ingest-server", server.pid, SECONDS + 2, wall=True)
+            if profile
+            else None
+        )
         if prof:
             prof.__enter__()
         with Sampler(server.pid, interval=0.5) as server_usage:
@@ -194,5 +198,5 @@ async def _measure(
         "targets": {"persisted_per_second": 5000, "ratio": 0.5},
     }
     if prof:
-        result["profile"] = prof.top()
+        result["profile"] = prof.top(thread="grpc-loop")
     return result
