@@ -7,12 +7,14 @@ the run can be looked at; `make demo-stop` stops them. Their logs are in var/dem
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,30 +29,48 @@ GRPC_ADDRESS = "127.0.0.1:50051"
 HTTP_ADDRESS = "127.0.0.1:8080"
 NODE_ID = "demo-node"
 
-# Values the demo submits with each shipped template. Secrets here are demo values only.
+# Values the demo submits. Secrets here are demo values only. The S3 envs and the node's
+# BEAGLE_WIND_ROOT are not listed: the demo's server and agent configuration provide them.
+# The demo's own game server publishes 8081; the GPU templates' game containers get 8082.
+GAME = {"IMAGE": "game-server:latest", "PORT": "8082", "HOSTNAME": "gamenode-demo"}
+STREAM = {
+    "BEAGLE_WIND_PASSWD": "demo-password",
+    "BEAGLE_WIND_TURN_HOST": "turn.example.internal",
+    "BEAGLE_WIND_TURN_PORT": "3478",
+    "BEAGLE_WIND_TURN_PROTOCOL": "udp",
+    "BEAGLE_WIND_TURN_USERNAME": "turn-user",
+    "BEAGLE_WIND_TURN_PASSWORD": "demo-turn-password",
+}
 DEMO_VALUES: dict[str, dict[str, dict[str, str]]] = {
     "demo": {
-        "args": {
-            "PLATFORM": "steam",
-            "INSTANCE": "demo-1",
-            "IMAGE": "game-server:latest",
-            "PORT": "8081",
-            "HOSTNAME": "gamenode-demo",
-        },
-        "envs": {
-            "BEAGLE_WIND_ROOT": "/data/wind",
-            "BEAGLE_WIND_PASSWD": "demo-password",
-            "BEAGLE_WIND_TURN_HOST": "turn.example.internal",
-            "BEAGLE_WIND_TURN_PORT": "3478",
-            "BEAGLE_WIND_TURN_PROTOCOL": "udp",
-            "BEAGLE_WIND_TURN_USERNAME": "demo",
-            "BEAGLE_WIND_TURN_PASSWORD": "demo-turn-password",
-            "S3_ACCESS_KEY": "demo-access-key",
-            "S3_SECRET_KEY": "demo-secret-key",
-            "S3_BUCKET": "beaglewind",
-            "S3_URL": "http://127.0.0.1:9000",
-        },
+        "args": {"PLATFORM": "steam", "INSTANCE": "demo-1", **GAME, "PORT": "8081"},
+        "envs": STREAM,
     },
+    "start-platform": {
+        "args": {"PLATFORM": "steam", "INSTANCE": "demo-1", **GAME},
+        "envs": STREAM,
+    },
+    "instance-start": {
+        "args": {"PLATFORM": "steam", "INSTANCE": "demo-1", **GAME},
+        "envs": STREAM,
+    },
+    "instance-recycle": {"args": {"INSTANCE": "demo-1"}, "envs": {}},
+    "platform-admin-maintenance": {
+        "args": {"PLATFORM": "steam", **GAME},
+        "envs": STREAM,
+    },
+    "platform-user-maintenance": {
+        "args": {"PLATFORM": "steam", "PASSWORD": "user-password", **GAME},
+        "envs": {k: v for k, v in STREAM.items() if k != "BEAGLE_WIND_PASSWD"},
+    },
+    "platform-save-and-remove": {"args": {"PLATFORM": "steam"}, "envs": {}},
+}
+NODE_ROOT = "/data/gamepipeline-demo"
+S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY = "beaglewind", "demo-access", "demo-secret"
+S3_PORT = 9000
+SAMPLE_PLATFORM = {
+    "system/README.txt": "A sample GamePlatform unpacked by the demo.\n",
+    "system/.config/platform.ini": "[platform]\nname=steam\n",
 }
 
 
@@ -69,7 +89,7 @@ def start(name: str, argv: list[str]) -> int:
 
 
 def stop_previous() -> None:
-    for name in ("agent", "server"):
+    for name in ("agent", "server", "s3"):
         pid_file = STATE_DIR / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -115,6 +135,67 @@ def show(pipeline: dict[str, Any]) -> None:
         print(line)
 
 
+def gpu_runtime() -> bool:
+    runtimes = subprocess.run(
+        ["docker", "info", "--format", "{{json .Runtimes}}"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    return "nvidia" in runtimes
+
+
+def bridge_gateway() -> str:
+    """This host's address on Docker's default bridge, where step containers reach it."""
+    found = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "--format",
+         "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return found or "172.17.0.1"
+
+
+def start_s3(platform: str) -> dict[str, str]:
+    """A local S3 endpoint (moto's server) holding a sample platform archive; answers
+    the S3 envs the server's configuration gives every pipeline."""
+    import boto3  # from the dev extra, with moto
+
+    host = bridge_gateway()
+    url = f"http://{host}:{S3_PORT}"
+    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if moto is None:
+        sys.exit("demo: moto_server is not installed; run `make venv`")
+    start("s3", [moto, "-H", host, "-p", str(S3_PORT)])
+    s3 = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+    )  # fmt: skip
+
+    def bucket_made() -> bool:
+        try:
+            s3.create_bucket(Bucket=S3_BUCKET)
+        except Exception:
+            return False
+        return True
+
+    wait_for("the local S3 endpoint did not answer", bucket_made, 30, "s3.log")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, text in SAMPLE_PLATFORM.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    s3.put_object(
+        Bucket=S3_BUCKET, Key=f"platforms/{platform}.tar.gz", Body=archive.getvalue()
+    )
+    print(f"demo: local S3 at {url} holds platforms/{platform}.tar.gz")
+    return {
+        "S3_URL": url,
+        "S3_BUCKET": S3_BUCKET,
+        "S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "S3_SECRET_KEY": S3_SECRET_KEY,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--template", default="demo")
@@ -133,41 +214,38 @@ def main() -> int:
     values = DEMO_VALUES.get(options.template, {"args": {}, "envs": {}})
 
     exe = executable()
+    server_config: dict[str, Any] = {
+        "db": str(STATE_DIR / "gamepipeline.db"),
+        "grpc": GRPC_ADDRESS,
+        "http": HTTP_ADDRESS,
+        "templates_dir": str(ROOT / "pipelines"),
+    }
+    if "S3_URL" in template.read_text():
+        server_config["envs"] = start_s3(values["args"].get("PLATFORM", "steam"))
+    config_file = STATE_DIR / "server.yaml"
+    config_file.write_text(json.dumps(server_config, indent=2))
     ports_file = STATE_DIR / "ports.json"
     ports_file.unlink(missing_ok=True)
     start(
         "server",
-        [
-            exe,
-            "server",
-            "--grpc",
-            GRPC_ADDRESS,
-            "--http",
-            HTTP_ADDRESS,
-            "--db",
-            str(STATE_DIR / "gamepipeline.db"),
-            "--port-file",
-            str(ports_file),
-        ],
+        [exe, "server", "--config", str(config_file), "--port-file", str(ports_file)],
     )
     wait_for("the server did not listen", ports_file.exists, 30, "server.log")
     ports = json.loads(ports_file.read_text())
     client = ApiClient(f"http://127.0.0.1:{ports['http']}")
     print(f"demo: server up (HTTP {ports['http']}, gRPC {ports['grpc']})")
 
+    Path(NODE_ROOT).mkdir(parents=True, exist_ok=True)
     start(
         "agent",
         [
-            exe,
-            "agent",
-            "--server",
-            f"127.0.0.1:{ports['grpc']}",
-            "--node-id",
-            NODE_ID,
-            "--work-dir",
-            str(STATE_DIR / "agent"),
+            exe, "agent",
+            "--server", f"127.0.0.1:{ports['grpc']}",
+            "--node-id", NODE_ID,
+            "--work-dir", str(STATE_DIR / "agent"),
+            "--env", f"BEAGLE_WIND_ROOT={NODE_ROOT}",
         ],
-    )
+    )  # fmt: skip
     wait_for(
         "the agent did not connect",
         lambda: any(
@@ -176,11 +254,19 @@ def main() -> int:
         30,
         "agent.log",
     )
-    print(f"demo: agent {NODE_ID} connected")
+    print(f"demo: agent {NODE_ID} connected (BEAGLE_WIND_ROOT={NODE_ROOT})")
+    if "gpu" in template.read_text() and not gpu_runtime():
+        print(
+            "demo: note: this engine has no GPU runtime, so a step that reserves a GPU "
+            "fails at once with the engine's reason; the steps before it still run"
+        )
 
     started = time.monotonic()
     pipeline_id = client.submit(
-        template.read_text(), args=values["args"], envs=values["envs"], node=NODE_ID
+        template=options.template,
+        args=values["args"],
+        envs=values["envs"],
+        node=NODE_ID,
     )
     print(f"demo: submitted {template.relative_to(ROOT)} as pipeline {pipeline_id}")
     final = client.wait(pipeline_id, timeout=300)
