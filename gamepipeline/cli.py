@@ -82,12 +82,14 @@ def _text(value: Any) -> str:
 
 
 SERVER_SETTINGS = frozenset(
-    {"grpc", "http", "db", "envs", "templates_dir", "offline_after", "node_lost_after"}
-)
+    {"grpc", "http", "db", "envs", "templates_dir", "offline_after", "node_lost_after",
+     "agents", "api_tokens", "tls", "insecure"}
+)  # fmt: skip
 AGENT_SETTINGS = frozenset(
     {"server", "node_id", "hostname", "capacity", "labels", "envs", "work_dir",
-     "heartbeat_interval", "token", "policy"}
+     "heartbeat_interval", "token", "token_file", "tls", "policy"}
 )  # fmt: skip
+AGENT_TLS_SETTINGS = frozenset({"ca", "cert", "key", "server_name"})
 
 
 @main.command()
@@ -144,6 +146,11 @@ AGENT_SETTINGS = frozenset(
     help="Seconds a node may stay offline before its running pipelines fail with "
     "the reason node_lost. [default: 300]",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve without tokens on a non-loopback address (agents, api_tokens unset).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @log_format_option
 def server(
@@ -156,15 +163,27 @@ def server(
     node_lost_after: float | None,
     templates_dir: str | None,
     envs: tuple[str, ...],
+    insecure: bool,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Run the server: gRPC for agents, HTTP for the platform."""
-    from gamepipeline.server.app import serve
+    """Run the server: gRPC for agents, HTTP for the platform.
+
+    Security lives in the --config file: `agents` maps node ids to their token's
+    hash, `api_tokens` maps caller names to {sha256, scopes: [read, write]}, `tls`
+    names {cert, key, client_ca} for the gRPC port. `gamepipeline token` makes tokens.
+    """
+    from gamepipeline.server.app import StartupError, serve
     from gamepipeline.server.dispatcher import NODE_LOST_AFTER_SECONDS
+    from gamepipeline.server.security import SecurityConfigError, load_security
     from gamepipeline.wire import NODE_OFFLINE_AFTER_SECONDS
 
     config = _config_file(config_path, SERVER_SETTINGS)
+    base = Path(config_path).parent if config_path else Path.cwd()
+    try:
+        security = load_security(config, base=base, insecure=insecure)
+    except SecurityConfigError as err:
+        raise click.BadParameter(f"{config_path}: {err}") from None
     setup_logging(log_level, log_format)
     timings = {
         "offline_after_seconds": _seconds(
@@ -174,15 +193,20 @@ def server(
             node_lost_after, config, "node_lost_after", NODE_LOST_AFTER_SECONDS, 0
         ),
     }
-    serve(
-        db_path=db_path or config.get("db", "gamepipeline.db"),
-        grpc_address=grpc_address or config.get("grpc", "0.0.0.0:50051"),
-        http_address=http_address or config.get("http", "0.0.0.0:8080"),
-        port_file=port_file,
-        **timings,
-        templates_dir=templates_dir or config.get("templates_dir"),
-        envs={**_mapping(config.get("envs"), "envs"), **_pairs(envs, "--env")},
-    )
+    try:
+        serve(
+            db_path=db_path or config.get("db", "gamepipeline.db"),
+            grpc_address=grpc_address or config.get("grpc", "0.0.0.0:50051"),
+            http_address=http_address or config.get("http", "0.0.0.0:8080"),
+            port_file=port_file,
+            **timings,
+            templates_dir=templates_dir or config.get("templates_dir"),
+            envs={**_mapping(config.get("envs"), "envs"), **_pairs(envs, "--env")},
+            security=security,
+        )
+    except StartupError as err:
+        click.echo(f"gamepipeline server: {err}", err=True)
+        sys.exit(1)
 
 
 def _seconds(
@@ -230,6 +254,17 @@ def _seconds(
     type=click.Path(file_okay=False),
     help="Where private run dirs are made. [default: /var/lib/gamepipeline-agent]",
 )
+@click.option("--token", help="This node's token (prefer --token-file).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="File holding this node's token (keep it mode 0600).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False),
+    help="Talk TLS to the server and verify it against this CA (PEM).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @log_format_option
 def agent(
@@ -240,12 +275,21 @@ def agent(
     labels: tuple[str, ...],
     envs: tuple[str, ...],
     work_dir: str | None,
+    token: str | None,
+    token_file: str | None,
+    tls_ca: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Run the agent of one GameNode."""
+    """Run the agent of one GameNode.
+
+    The --config file may also hold `token` or `token_file`, `tls` ({ca, cert, key,
+    server_name}, or true to verify against the system's roots) and `policy` (what
+    steps may mount, pass and add; see gamepipeline/agent/policy.py).
+    """
     from gamepipeline.agent.app import AgentConfig, run_agent
     from gamepipeline.agent.connection import AgentError
+    from gamepipeline.agent.policy import policy_from_settings
 
     config = _config_file(config_path, AGENT_SETTINGS)
     server_address = server_address or config.get("server")
@@ -261,6 +305,12 @@ def agent(
         settings["hostname"] = str(config["hostname"])
     if "heartbeat_interval" in config:
         settings["heartbeat_interval"] = float(config["heartbeat_interval"])
+    settings["token"] = _agent_token(token, token_file, config)
+    settings.update(_agent_tls(tls_ca, config))
+    try:
+        settings["policy"] = policy_from_settings(config.get("policy"))
+    except ValueError as err:
+        raise click.BadParameter(f"{config_path}: {err}") from None
     setup_logging(log_level, log_format, static={"node_id": str(node_id)})
     try:
         agent_config = AgentConfig(
@@ -284,6 +334,64 @@ def agent(
     except AgentError as err:
         click.echo(f"gamepipeline agent: {err}", err=True)
         sys.exit(1)
+
+
+def _read_file(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise click.BadParameter(
+            f"cannot read {what} {path}: {err.strerror}; give a readable file"
+        ) from None
+
+
+def _agent_token(
+    token: str | None, token_file: str | None, config: dict[str, Any]
+) -> str | None:
+    """The node's token: --token, --token-file, then the config's token/token_file."""
+    if token:
+        return token
+    path = token_file or config.get("token_file")
+    if path:
+        text = _read_file(path, "the token file").decode().strip()
+        if not text:
+            raise click.BadParameter(f"the token file {path} is empty")
+        return text
+    value = config.get("token")
+    return str(value) if value else None
+
+
+def _agent_tls(tls_ca: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    raw = config.get("tls")
+    if raw is None or raw is False:
+        raw = {}
+    elif raw is True:
+        raw = {"enabled": True}
+    elif not isinstance(raw, dict) or set(raw) - AGENT_TLS_SETTINGS:
+        raise click.BadParameter(
+            "tls must be true or a mapping with some of "
+            f"{', '.join(sorted(AGENT_TLS_SETTINGS))}"
+        )
+    ca = tls_ca or raw.get("ca")
+    settings: dict[str, Any] = {"tls": bool(raw) or ca is not None}
+    if ca:
+        settings["tls_ca"] = _read_file(ca, "the TLS CA")
+    if raw.get("cert") or raw.get("key"):
+        settings["tls_cert"] = _read_file(raw.get("cert", ""), "tls.cert")
+        settings["tls_key"] = _read_file(raw.get("key", ""), "tls.key")
+    if raw.get("server_name"):
+        settings["tls_server_name"] = str(raw["server_name"])
+    return settings
+
+
+@main.command()
+def token() -> None:
+    """Print a new random token and the hash the server's configuration holds."""
+    from gamepipeline.server.security import hash_token, new_token
+
+    value = new_token()
+    click.echo(f"token: {value}")
+    click.echo(f"sha256: {hash_token(value)}")
 
 
 @main.command()

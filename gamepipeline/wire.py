@@ -28,6 +28,10 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 #: The contract version both ends send and compare (``ProtocolVersion`` in the proto).
 PROTOCOL_VERSION: Final[int] = pb.PROTOCOL_VERSION_CURRENT
 
+#: The metadata key that carries an agent's token, ``Bearer <token>``, on every call.
+#: Lower case, as gRPC requires of metadata keys.
+AUTH_METADATA_KEY: Final[str] = "authorization"
+
 # --- agent side -------------------------------------------------------------------------
 
 #: The agent pings every 20 s while the stream is idle at the HTTP/2 level. Shorter than

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gamepipeline import wire
+from gamepipeline.agent.policy import NodePolicy
 
 DEFAULT_HEARTBEAT_SECONDS = float(wire.HEARTBEAT_INTERVAL_SECONDS)
 """Heartbeat interval until the server names its own in ``RegistrationAccepted``."""
@@ -27,6 +28,16 @@ class AgentConfig:
         work_dir: private run dirs and the report journal live here.
         envs: node-local env values; they win over the values given at submission.
         heartbeat_interval: seconds between heartbeats until the server names its own.
+        token: this node's token, sent with every call; None when the server takes
+            agents without one (a loopback test server).
+        tls: talk TLS to the server and verify its certificate (against ``tls_ca``,
+            or the system's roots when that is None).
+        tls_ca: PEM bytes of the CA that signed the server's certificate.
+        tls_cert, tls_key: PEM bytes of this agent's certificate and key, for a server
+            that asks for mutual TLS.
+        tls_server_name: the name the server's certificate must carry, when it is not
+            the host of ``server_address``.
+        policy: what steps may ask of this node (mounts, devices, privileges).
     """
 
     server_address: str
@@ -37,6 +48,13 @@ class AgentConfig:
     work_dir: Path = Path("/var/lib/gamepipeline-agent")
     envs: dict[str, str] = field(default_factory=dict)
     heartbeat_interval: float = DEFAULT_HEARTBEAT_SECONDS
+    token: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca: bytes | None = field(default=None, repr=False)
+    tls_cert: bytes | None = field(default=None, repr=False)
+    tls_key: bytes | None = field(default=None, repr=False)
+    tls_server_name: str | None = None
+    policy: NodePolicy = field(default_factory=NodePolicy)
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -46,6 +64,14 @@ class AgentConfig:
         if self.heartbeat_interval <= 0:
             raise ValueError(
                 f"heartbeat_interval {self.heartbeat_interval} is not positive"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "give both the agent's TLS certificate and its key, or neither"
+            )
+        if not self.tls and (self.tls_ca or self.tls_cert or self.tls_server_name):
+            raise ValueError(
+                "TLS files were given but TLS is off; turn on tls or drop the files"
             )
 
     @property

@@ -14,6 +14,12 @@ intervals is dead even if TCP has not noticed, and is dropped. After any transie
 (UNAVAILABLE, UNKNOWN "Stream removed", a silent stream, the server closing it) the agent
 reconnects with capped, jittered exponential backoff; a final status (``backoff.FINAL_CODES``)
 stops it with ``FatalConnectionError``.
+
+Every call on the channel (the stream and the reporter's status reports) carries the
+node's token as ``authorization: Bearer <token>`` metadata when the agent has one. With
+``tls`` on, the channel is TLS and the server's certificate is verified against
+``tls_ca`` (or the system's roots); the agent's own certificate goes along when the
+server asks for mutual TLS. There is no way to turn verification off.
 """
 
 from __future__ import annotations
@@ -63,6 +69,49 @@ class Handler(Protocol):
     def handle_pipeline(self, pipeline: pb.GamePipeline) -> pb.PipelineAck: ...
 
     def handle_cancel(self, cancel: pb.CancelPipeline) -> None: ...
+
+
+class _TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the node's token to the metadata of every call."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (wire.AUTH_METADATA_KEY, f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+
+def open_channel(config: AgentConfig) -> grpc.Channel:
+    """The channel to the server: TLS when configured, the token on every call."""
+    options: list[tuple[str, Any]] = list(wire.AGENT_CHANNEL_OPTIONS)
+    if config.tls:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=config.tls_ca,
+            private_key=config.tls_key,
+            certificate_chain=config.tls_cert,
+        )
+        if config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+        channel = grpc.secure_channel(config.server_address, credentials, options)
+    else:
+        channel = grpc.insecure_channel(config.server_address, options=options)
+    if config.token:
+        return grpc.intercept_channel(channel, _TokenInterceptor(config.token))
+    return channel
 
 
 class _Session:
@@ -166,9 +215,7 @@ class Connection:
     # -- one stream --------------------------------------------------------------------
 
     def _serve(self, session: _Session) -> None:
-        channel = grpc.insecure_channel(
-            self._config.server_address, options=list(wire.AGENT_CHANNEL_OPTIONS)
-        )
+        channel = open_channel(self._config)
         try:
             stub = pb_grpc.GamePipelineGRPCServiceStub(channel)
             with self._lock:

@@ -40,8 +40,11 @@ from gamepipeline.agent.events import (
     Report,
     RunOutcome,
     StepReport,
+    mask_secrets,
+    secret_values,
 )
 from gamepipeline.agent.markers import ActiveRuns
+from gamepipeline.agent.policy import NodePolicy, PolicyViolation
 from gamepipeline.logs import bound, ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
@@ -162,8 +165,15 @@ class Prepared:
     timeout_seconds: float | None
 
 
-def prepare(pipeline: pb.GamePipeline, node_envs: Mapping[str, str]) -> Prepared:
+def prepare(
+    pipeline: pb.GamePipeline,
+    node_envs: Mapping[str, str],
+    policy: NodePolicy | None = None,
+) -> Prepared:
     """Compile ``pipeline`` for this node; node-local envs win over submitted ones.
+
+    Every step, with its args and envs substituted, must keep to the node ``policy``
+    (the defaults when None).
 
     The pipeline's timeout is the shorter of the server's (``timeout_seconds``) and the
     template's own ``timeout``.
@@ -171,10 +181,12 @@ def prepare(pipeline: pb.GamePipeline, node_envs: Mapping[str, str]) -> Prepared
     Raises:
         PipelineError (ValidationError): the document, args or envs are not acceptable.
         ValueError: ``document_json`` is not JSON.
+        PolicyViolation: a step asks for what the node policy does not allow.
     """
     template = language.load_template(json.loads(pipeline.document_json))
     envs = {**pipeline.env_values, **node_envs}
     bound = language.bind(template, dict(pipeline.arg_values), envs)
+    (policy or NodePolicy()).check(bound.steps)
     playbook = language.compile_playbook(bound, pipeline_id=pipeline.id)
     limits = [
         limit
@@ -219,6 +231,7 @@ class PipelineRun:
         on_done: called with the run once it has ended and cleaned up.
         janitor: removes the containers of a step that will not finish.
         active: keeps this run's marker on disk while it is in progress.
+        policy: what the steps may ask of this node; checked before anything runs.
     """
 
     def __init__(
@@ -231,8 +244,10 @@ class PipelineRun:
         on_done: Callable[[PipelineRun], None] | None = None,
         janitor: ContainerJanitor | None = None,
         active: ActiveRuns | None = None,
+        policy: NodePolicy | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._policy = policy or NodePolicy()
         self.pipeline_id = pipeline.id
         self._runs_dir = runs_dir
         self._node_envs = dict(node_envs)
@@ -318,13 +333,18 @@ class PipelineRun:
 
     def _run(self) -> None:
         pid = self.pipeline_id
+        # Masked in every report and log line: env values may be passwords and keys.
+        secrets = [*self.pipeline.env_values.values(), *self._node_envs.values()]
         try:
-            prepared = prepare(self.pipeline, self._node_envs)
-        except (language.PipelineError, ValueError) as err:
-            log.warning("pipeline %s: rejected: %s", pid, err)
+            prepared = prepare(self.pipeline, self._node_envs, self._policy)
+        except (language.PipelineError, ValueError, PolicyViolation) as err:
+            why = mask_secrets(str(err), secret_values(secrets))
+            log.warning("pipeline %s: rejected: %s", pid, why)
             names = [step.name for step in self.pipeline.steps]
-            translator = EventTranslator(names, language.step_index_of_task)
-            self._send(translator.reject(f"the pipeline was rejected: {err}"))
+            translator = EventTranslator(
+                names, language.step_index_of_task, secrets=secrets
+            )
+            self._send(translator.reject(f"the pipeline was rejected: {why}"))
             return
 
         info = describe_play(prepared.playbook, len(prepared.step_names))
@@ -334,8 +354,7 @@ class PipelineRun:
             names,
             language.step_index_of_task,
             info.tasks_per_step,
-            # Masked in every report: env values may be passwords and keys.
-            secrets=[*self.pipeline.env_values.values(), *self._node_envs.values()],
+            secrets=secrets,
         )
         self._translator = translator
         self.data_dir = self._make_data_dir()

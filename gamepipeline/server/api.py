@@ -26,6 +26,14 @@ Routes:
 - ``GET /api/templates`` and ``GET /api/templates/<name>``: the shipped templates (see
   ``templates``), which ``POST /api/pipelines`` also takes by name.
 - ``GET /``: the dashboard, a static page that uses this same API.
+- ``GET /api/openapi.json``: the OpenAPI description of all of the above (``openapi``).
+
+Authentication: when the server has API tokens (``security``), every route under
+``/api/`` wants ``Authorization: Bearer <token>``: GET needs the ``read`` scope, POST
+the ``write`` scope; no or an unknown token is 401 (with ``WWW-Authenticate``), a
+token without the scope 403. ``/healthz``, ``/readyz`` and ``/metrics`` (probes and
+the scraper; counts and names, no values), the dashboard's static files and
+``/api/openapi.json`` stay open.
 
 Every error answers JSON ``{"error": sentence, "problems": [{"path", "message"}]}``, with
 the status from ``HTTP_STATUS``, here and nowhere else.
@@ -46,15 +54,19 @@ from gamepipeline.logs import ids
 from gamepipeline.pipeline.states import PipelineState
 from gamepipeline.server.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Problem,
     ServerError,
+    Unauthenticated,
     UnsupportedProtocol,
     WrongNode,
 )
 from gamepipeline.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gamepipeline.server.metrics import Metrics
+from gamepipeline.server.openapi import openapi_document
+from gamepipeline.server.security import Scope, Security, bearer_token, scopes_text
 from gamepipeline.server.store import (
     NodeMode,
     NodeRecord,
@@ -70,6 +82,8 @@ log = logging.getLogger(__name__)
 HTTP_STATUS: Final[dict[type[ServerError], int]] = {
     InvalidRequest: 400,
     WrongNode: 403,
+    Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     UnsupportedProtocol: 400,
@@ -101,6 +115,7 @@ def create_app(
     metrics: Metrics | None = None,
     ready: Callable[[], bool] | None = None,
     templates: TemplateCatalog | None = None,
+    security: Security | None = None,
 ) -> Flask:
     # templates: served at /api/templates, submitted by name, configured env values
     catalog = templates or TemplateCatalog(None)
@@ -110,10 +125,22 @@ def create_app(
         metrics.watch_store(store)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    guard = security or Security()
+
+    @app.before_request
+    def _authorize() -> None:
+        if guard.api_open or request.endpoint in OPEN_ENDPOINTS:
+            return
+        if request.endpoint is None:
+            return  # no such route: 404 (or 405) for everyone
+        _check_caller(guard)
 
     @app.errorhandler(ServerError)
-    def _server_error(err: ServerError) -> tuple[Response, int]:
-        return _error(err.message, err.problems), http_status(err)
+    def _server_error(err: ServerError) -> tuple[Response, int, dict[str, str]]:
+        headers = {}
+        if isinstance(err, Unauthenticated):
+            headers["WWW-Authenticate"] = 'Bearer realm="gamepipeline"'
+        return _error(err.message, err.problems), http_status(err), headers
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> tuple[Response, int]:
@@ -203,6 +230,10 @@ def create_app(
         assert metrics is not None
         return Response(metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
+    @app.get("/api/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document(__version__))
+
     @app.get("/")
     def dashboard() -> Response:
         assert app.static_folder is not None
@@ -210,6 +241,32 @@ def create_app(
 
     add_template_routes(app, catalog)
     return app
+
+
+#: Endpoints anyone may call: probes, the scraper, the dashboard's static files and the
+#: API's description. Every other route wants a token once the server has any.
+OPEN_ENDPOINTS: Final = frozenset(
+    {"healthz", "readyz", "metrics_page", "dashboard", "static", "openapi"}
+)
+
+
+def _check_caller(security: Security) -> None:
+    """Raise ``Unauthenticated`` or ``Forbidden`` unless the request's token allows it."""
+    header = request.headers.get("Authorization")
+    caller = security.api_caller(bearer_token(header))
+    if caller is None:
+        why = "has no bearer token" if header is None else "has an unknown token"
+        raise Unauthenticated(
+            f"{request.method} {request.path} {why}; send "
+            "Authorization: Bearer <token> with a token from the server's api_tokens"
+        )
+    need = Scope.READ if request.method in ("GET", "HEAD", "OPTIONS") else Scope.WRITE
+    if need not in caller.scopes:
+        raise Forbidden(
+            f"{request.method} {request.path} needs the {need.value} scope; the token "
+            f"of {caller.name} has {scopes_text(caller.scopes)}; use a token with "
+            f"{need.value} in its scopes"
+        )
 
 
 NODE_ACTIONS: Final = {

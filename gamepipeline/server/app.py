@@ -28,6 +28,7 @@ from gamepipeline.server.api import create_app
 from gamepipeline.server.dispatcher import NODE_LOST_AFTER_SECONDS, Dispatcher
 from gamepipeline.server.grpc_service import PipelineService
 from gamepipeline.server.metrics import Metrics
+from gamepipeline.server.security import Security, SecurityConfigError, check_exposure
 from gamepipeline.server.store import Store
 from gamepipeline.server.templates import TemplateCatalog, default_templates_dir
 from gamepipeline.wire import NODE_OFFLINE_AFTER_SECONDS, SERVER_OPTIONS
@@ -83,12 +84,21 @@ def start_server(
     node_lost_after_seconds: float = NODE_LOST_AFTER_SECONDS,
     templates_dir: str | Path | None = None,
     envs: dict[str, str] | None = None,
+    security: Security | None = None,
 ) -> RunningServer:
     """Open the database, bind both ports and start serving; answer once both listen.
 
     ``templates_dir`` holds the templates served by name (default: ``pipelines/`` of a
-    checkout); ``envs`` are env values that submissions may leave out.
+    checkout); ``envs`` are env values that submissions may leave out. ``security``
+    holds the agents' and callers' token hashes and the gRPC port's TLS files; without
+    tokens a face is open, which is refused beyond loopback unless it says insecure.
     """
+    security = security or Security()
+    try:
+        for warning in check_exposure(security, grpc_host, http_host):
+            log.warning("%s", warning)
+    except SecurityConfigError as err:
+        raise StartupError(str(err)) from None
     store = Store(db_path)
     was_online = store.mark_all_nodes_offline()
     if was_online:
@@ -111,12 +121,12 @@ def start_server(
         dispatcher_box.append(dispatcher)
         server = grpc.aio.server(options=list(SERVER_OPTIONS))
         pb_grpc.add_GamePipelineGRPCServiceServicer_to_server(
-            PipelineService(store, dispatcher, metrics), server
+            PipelineService(store, dispatcher, metrics, security), server
         )
         health_service = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
         try:
-            port = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+            port = _add_port(server, f"{grpc_host}:{grpc_port}", security)
             await server.start()
         except Exception as err:
             outcome["error"] = err
@@ -154,6 +164,7 @@ def start_server(
         metrics=metrics,
         ready=serving.is_set,
         templates=TemplateCatalog(folder, envs),
+        security=security,
     )
     try:
         http = create_server(app, host=http_host, port=http_port, threads=HTTP_THREADS)
@@ -202,6 +213,7 @@ def serve(
     node_lost_after_seconds: float = NODE_LOST_AFTER_SECONDS,
     templates_dir: str | Path | None = None,
     envs: dict[str, str] | None = None,
+    security: Security | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT.
 
@@ -225,6 +237,7 @@ def serve(
         node_lost_after_seconds=node_lost_after_seconds,
         templates_dir=templates_dir,
         envs=envs,
+        security=security,
     )
     try:
         if port_file is not None:
@@ -233,6 +246,20 @@ def serve(
         log.info("signal received")
     finally:
         server.stop()
+
+
+def _add_port(server: Any, address: str, security: Security) -> int:
+    """Bind the gRPC port: TLS when the server has a certificate, mutual TLS when it
+    also has a CA for the agents' certificates."""
+    tls = security.tls
+    if tls is None:
+        return int(server.add_insecure_port(address))
+    credentials = grpc.ssl_server_credentials(
+        [(tls.key, tls.cert)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
+    return int(server.add_secure_port(address, credentials))
 
 
 def _run_http(http: Any, stopping: threading.Event) -> None:

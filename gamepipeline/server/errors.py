@@ -11,10 +11,12 @@ from gamepipeline.pipeline.errors import Problem
 
 __all__ = [
     "Conflict",
+    "Forbidden",
     "InvalidRequest",
     "NotFound",
     "Problem",
     "ServerError",
+    "Unauthenticated",
     "UnsupportedProtocol",
     "WrongNode",
 ]
@@ -43,6 +45,14 @@ class Conflict(ServerError):
 
 class WrongNode(ServerError):
     """A node reported about a pipeline that is assigned to another node."""
+
+
+class Unauthenticated(ServerError):
+    """The caller or agent gave no credentials, or ones the server does not know."""
+
+
+class Forbidden(ServerError):
+    """The caller or agent is known but not allowed to do this."""
 
 
 class UnsupportedProtocol(ServerError):

@@ -18,6 +18,12 @@ The contract is ``proto/gamepipeline.proto``; this module keeps its promises.
   are INVALID_ARGUMENT, unknown pipelines NOT_FOUND, a report from a node other than
   the one the pipeline is assigned to PERMISSION_DENIED.
 
+Authentication (``security``): when the server has agent tokens, every call must carry
+``authorization: Bearer <token>`` metadata. A missing or unknown token is UNAUTHENTICATED
+before anything else is read; a known token used for another node (in ``register`` or
+in a report's ``node_id``) is PERMISSION_DENIED and changes nothing. The health service
+stays open.
+
 Every ``ServerError`` becomes a status code through ``GRPC_STATUS``, here and nowhere
 else.
 """
@@ -37,16 +43,19 @@ from gamepipeline.proto import gamepipeline_pb2_grpc as pb_grpc
 from gamepipeline.server.dispatcher import AgentSession, Dispatcher, StreamEnd
 from gamepipeline.server.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     ServerError,
+    Unauthenticated,
     UnsupportedProtocol,
     WrongNode,
 )
 from gamepipeline.server.messages import pipeline_report, step_report
 from gamepipeline.server.metrics import Metrics
+from gamepipeline.server.security import Security, bearer_token
 from gamepipeline.server.store import StepReport, Store
-from gamepipeline.wire import PROTOCOL_VERSION
+from gamepipeline.wire import AUTH_METADATA_KEY, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,8 @@ GRPC_STATUS: Final[dict[type[ServerError], grpc.StatusCode]] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     WrongNode: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     UnsupportedProtocol: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
@@ -68,17 +79,59 @@ def grpc_status(error: ServerError) -> grpc.StatusCode:
 
 class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
     def __init__(
-        self, store: Store, dispatcher: Dispatcher, metrics: Metrics | None = None
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None = None,
+        security: Security | None = None,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._metrics = metrics or Metrics()
+        self._security = security or Security()
+
+    def _authenticate(self, context: Any) -> str | None:
+        """The node the call's token belongs to; None when agents are not
+        authenticated (no tokens configured).
+
+        Raises:
+            Unauthenticated: the token is missing or unknown.
+        """
+        if self._security.agents_open:
+            return None
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTH_METADATA_KEY:
+                header = value
+        node_id = self._security.agent_for(bearer_token(header))
+        if node_id is None:
+            why = "carries no token" if header is None else "carries an unknown token"
+            raise Unauthenticated(
+                f"the call from {context.peer()} {why}; give the agent its node's "
+                "token (--token-file or `token:` in its configuration)"
+            )
+        return node_id
+
+    def _authorize_report(self, context: Any, node_id: str) -> None:
+        """Check the caller's token against the node a report claims to come from."""
+        allowed = self._authenticate(context)
+        if allowed is not None and allowed != node_id:
+            raise Forbidden(
+                f"the token of node {allowed} cannot report as node {node_id}; "
+                "each agent reports with its own node's token"
+            )
 
     async def PipelineStream(
         self, request_iterator: AsyncIterator[pb.PipelineStreamRequest], context: Any
     ) -> AsyncIterator[pb.PipelineStreamResponse]:
         try:
+            allowed = self._authenticate(context)
             registration = await _registration(request_iterator)
+            if allowed is not None and allowed != registration.node_id:
+                raise Forbidden(
+                    f"the token of node {allowed} cannot register node "
+                    f"{registration.node_id}; give each agent its own node's token"
+                )
         except ServerError as err:
             log.warning("refused a stream from %s: %s", context.peer(), err.message)
             await context.abort(grpc_status(err), err.message)
@@ -129,6 +182,7 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
         self, request: pb.UpdatePipelineStatusRequest, context: Any
     ) -> pb.UpdatePipelineStatusResponse:
         try:
+            self._authorize_report(context, request.node_id)
             report = pipeline_report(request)
             outcome = self._store.apply_pipeline_report(report)
         except ServerError as err:
@@ -148,6 +202,7 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
         self, request: pb.UpdateStepStatusRequest, context: Any
     ) -> pb.UpdateStepStatusResponse:
         try:
+            self._authorize_report(context, request.node_id)
             report = step_report(request)
             outcome = self._store.apply_step_report(report)
         except ServerError as err:

@@ -13,14 +13,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+import yaml
 
 from gamepipeline.client import ApiClient
+from gamepipeline.server.security import hash_token, new_token
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
@@ -73,20 +76,50 @@ class Server(Process):
     grpc_port: int = 0
     http_port: int = 0
     db_path: Path = field(default_factory=Path)
+    #: An API token with the read and write scopes, which ``api`` sends.
+    token: str | None = None
+    #: Each configured node's agent token (``start_agent`` hands it to the agent).
+    agent_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> ApiClient:
-        return ApiClient(f"http://127.0.0.1:{self.http_port}")
+        return ApiClient(f"http://127.0.0.1:{self.http_port}", token=self.token)
 
     @property
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def start_server(workdir: Path, *extra: str, name: str = "server") -> Server:
+def security_config(
+    path: Path, nodes: Iterable[str] = ()
+) -> tuple[str, dict[str, str]]:
+    """Write a server configuration with one read-write API token and a token for each
+    of ``nodes``; answer the API token and the agents' tokens (the file holds hashes)."""
+    token = new_token()
+    agent_tokens = {node: new_token() for node in nodes}
+    scopes = ["read", "write"]
+    config: dict[str, Any] = {
+        "api_tokens": {"tests": {"sha256": hash_token(token), "scopes": scopes}}
+    }
+    if agent_tokens:
+        config["agents"] = {node: hash_token(t) for node, t in agent_tokens.items()}
+    path.write_text(yaml.safe_dump(config))
+    return token, agent_tokens
+
+
+def start_server(
+    workdir: Path, *extra: str, name: str = "server", nodes: Iterable[str] = ()
+) -> Server:
+    """Start a server with an API token and a token for each of ``nodes``' agents.
+
+    Agents of other nodes are let in without a token only while no node has one. A
+    ``--config`` among ``extra`` replaces the security configuration (the server is
+    then open on loopback, and the tokens are sent but not needed)."""
     db_path = workdir / "gamepipeline.db"
     port_file = workdir / f"{name}-ports.json"
     port_file.unlink(missing_ok=True)
+    security = workdir / f"{name}-security.yaml"
+    token, agent_tokens = security_config(security, nodes)
     argv = [
         *gamepipeline_command(),
         "server",
@@ -95,9 +128,17 @@ def start_server(workdir: Path, *extra: str, name: str = "server") -> Server:
         "--db", str(db_path),
         "--port-file", str(port_file),
         "--log-level", "debug",
+        "--config", str(security),
         *extra,
     ]  # fmt: skip
-    server = Server(name=name, argv=argv, log=workdir / f"{name}.log", db_path=db_path)
+    server = Server(
+        name=name,
+        argv=argv,
+        log=workdir / f"{name}.log",
+        db_path=db_path,
+        token=token,
+        agent_tokens=agent_tokens,
+    )
     server.start()
     deadline = time.monotonic() + 30
     while not port_file.exists():
@@ -123,6 +164,12 @@ def start_agent(
         "--log-level", "debug",
         *extra,
     ]  # fmt: skip
+    token = server.agent_tokens.get(node_id)
+    if token is not None:
+        token_file = workdir / f"{name}-token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        argv += ["--token-file", str(token_file)]
     agent = Process(name=name, argv=argv, log=workdir / f"{name}.log")
     agent.start()
     deadline = time.monotonic() + 30
@@ -152,8 +199,14 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(workdir: Path) -> Iterator[Server]:
-    srv = start_server(workdir)
+def server(
+    workdir: Path, node_id: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Server]:
+    """A server that wants tokens: ``api`` and the ``agent`` fixture use theirs, and
+    GAMEPIPELINE_TOKEN carries the API token to the CLI commands a test runs."""
+    srv = start_server(workdir, nodes=[node_id])
+    assert srv.token is not None
+    monkeypatch.setenv("GAMEPIPELINE_TOKEN", srv.token)
     yield srv
     srv.stop()
     # Shown by pytest only when the test failed.

@@ -222,7 +222,8 @@ def test_design_document_curl_command_submits_a_pipeline(
 
     done = subprocess.run(
         ["curl", "-sS", "-i", "-X", "POST", url,
-         "-H", "Content-Type: application/json", "-d", f"@{as_json}"],
+         "-H", "Content-Type: application/json", "-d", f"@{as_json}",
+         "-H", f"Authorization: Bearer {server.token}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
 
@@ -252,7 +253,8 @@ def _curl_post(server: Server, data_option: str, path: Path) -> tuple[int, Any]:
     url = f"http://127.0.0.1:{server.http_port}/api/pipelines?arg.GREETING=hi"
     done = subprocess.run(
         ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url,
-         "-H", "Content-Type: application/json", data_option, f"@{path}"],
+         "-H", "Content-Type: application/json", data_option, f"@{path}",
+         "-H", f"Authorization: Bearer {server.token}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     body, _, status = done.stdout.rpartition("\n")

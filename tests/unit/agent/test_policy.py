@@ -1,0 +1,104 @@
+"""The node policy (issue 5): what steps may mount, pass and add, checked before Docker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gamepipeline.agent.policy import NodePolicy, PolicyViolation, policy_from_settings
+from gamepipeline.pipeline import bind, load_template, parse_document
+
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED = sorted((ROOT / "pipelines").glob("*.yaml")) + sorted(
+    Path("/work/shared/testdata/original").glob("*.yaml")
+)
+
+
+def steps_of(container: dict[str, Any]) -> Any:
+    template = load_template(
+        {
+            "name": "t",
+            "steps": [{"name": "s", "container": {"image": "busybox", **container}}],
+        }
+    )
+    return bind(template, {}, {}).steps
+
+
+def violation(policy: NodePolicy, container: dict[str, Any]) -> str:
+    with pytest.raises(PolicyViolation) as caught:
+        policy.check(steps_of(container))
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_default_policy_lets_every_shipped_template_run(path: Path) -> None:
+    template = load_template(parse_document(path.read_bytes(), source=str(path)))
+    # Numbers fit every arg the templates declare (ports, instance ids, names).
+    args = {name: "8081" for name in template.args}
+    envs = {name: "v" for name in template.envs}
+    envs["BEAGLE_WIND_ROOT"] = "/data/wind"
+    NodePolicy().check(bind(template, args, envs).steps)
+
+
+@pytest.mark.parametrize(
+    "volume",
+    ["/:/host", "/etc:/etc", "/var/run/docker.sock:/var/run/docker.sock",
+     "/data/../etc:/x", "/database:/x"],
+)  # fmt: skip
+def test_a_host_path_outside_mount_paths_names_the_rule(volume: str) -> None:
+    message = violation(NodePolicy(), {"volumes": [volume]})
+    assert "policy.mount_paths" in message
+    assert volume in message
+    assert "steps[0] (s)" in message
+
+
+def test_named_and_anonymous_volumes_need_no_rule() -> None:
+    NodePolicy().check(steps_of({"volumes": ["cache:/cache", "/scratch"]}))
+
+
+def test_a_device_outside_the_policy_is_refused() -> None:
+    message = violation(NodePolicy(), {"devices": ["/dev/sda:/dev/sda"]})
+    assert "policy.devices" in message and "/dev/sda" in message
+    NodePolicy().check(steps_of({"devices": ["/dev/dri/renderD128"]}))
+
+
+def test_privileged_is_refused_when_the_policy_says_false() -> None:
+    strict = NodePolicy(privileged=False)
+    assert "policy.privileged" in violation(strict, {"privileged": True})
+    strict.check(steps_of({"privileged": False}))
+
+
+def test_capabilities_outside_the_list_are_refused_by_name() -> None:
+    message = violation(NodePolicy(), {"cap_add": ["SYS_ADMIN", "CAP_SYS_NICE"]})
+    assert "cap_add SYS_ADMIN" in message and "policy.capabilities" in message
+    assert "SYS_NICE" not in message.split("(")[0]
+
+
+def test_every_broken_rule_is_listed() -> None:
+    with pytest.raises(PolicyViolation) as caught:
+        NodePolicy(privileged=False).check(
+            steps_of({"privileged": True, "volumes": ["/etc:/etc"]})
+        )
+    assert len(caught.value.problems) == 2
+    assert "(and 1 more)" in str(caught.value)
+
+
+def test_settings_build_a_policy_and_name_a_bad_key() -> None:
+    policy = policy_from_settings(
+        {
+            "mount_paths": ["/srv/games/"],
+            "privileged": False,
+            "capabilities": ["net_admin"],
+        }
+    )
+    assert policy.mount_paths == ("/srv/games",)
+    assert policy.capabilities == ("NET_ADMIN",)
+    assert policy_from_settings(None) == NodePolicy()
+    with pytest.raises(ValueError, match=r"unknown key.*mounts"):
+        policy_from_settings({"mounts": ["/x"]})
+    with pytest.raises(ValueError, match="not an absolute host path"):
+        policy_from_settings({"mount_paths": ["data"]})
+    with pytest.raises(ValueError, match="not true or false"):
+        policy_from_settings({"privileged": "yes"})
