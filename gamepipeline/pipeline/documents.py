@@ -1,22 +1,101 @@
-"""Reading pipeline documents (YAML or JSON) into plain data."""
+"""Reading pipeline documents (YAML or JSON) into plain data.
+
+Documents come from whoever can reach the server's API, so reading one is bounded:
+
+- only plain YAML types are built (``yaml.SafeLoader``); a language tag such as
+  ``!!python/object`` or a local tag ``!thing`` is refused with its name;
+- aliases are counted as what they expand to: a document that grows past
+  ``MAX_EXPANDED_NODES`` values through ``&anchor``/``*alias`` (the "billion laughs")
+  or refers to itself is refused before anything walks the expanded tree;
+- nesting deeper than ``MAX_DEPTH`` is refused rather than exhausting the stack.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from .errors import Problem, ValidationError
 
+#: Values a document may hold once its aliases are expanded. A real template holds a
+#: few hundred; this leaves room for generated ones and stops a bomb in milliseconds.
+MAX_EXPANDED_NODES: Final = 100_000
+#: Nesting a document may have; templates nest six or seven levels.
+MAX_DEPTH: Final = 64
+
+
+class _TooLarge(Exception):
+    """The composed document breaks one of the bounds; the message says which."""
+
 
 class _DocumentLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` without YAML 1.1's base-60 numbers.
+    """``yaml.safe_load`` without YAML 1.1's base-60 numbers, with the bounds above.
 
     Under YAML 1.1 an unquoted ``22:22`` is the number 1342, which silently turns a port
     mapping into a different port. Here such a scalar stays a string; every other
     implicit type (bool, int, float, null, timestamp) resolves as ``safe_load`` does.
     """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # Counted while composing, so a deep document stops before the stack does.
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooLarge(
+                    f"the document nests deeper than {MAX_DEPTH} levels; flatten it"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return self.construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that refers to itself or expands past the bound."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    # Iterative post-order walk: (node, children counted yet?).
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_nodes.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > MAX_EXPANDED_NODES:
+                raise _TooLarge(
+                    f"the document expands to more than {MAX_EXPANDED_NODES} values "
+                    "through its aliases (&anchor / *alias); write the values out or "
+                    "use fewer aliases"
+                )
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise _TooLarge(
+                "the document refers to itself through an alias (*alias inside its "
+                "own &anchor); remove the recursion"
+            )
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 _BASE60 = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
@@ -64,12 +143,18 @@ def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str
 
     try:
         data = yaml.load(text, Loader=_DocumentLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else source
-        what = err.problem or str(err)
-        message = f"the document is not valid YAML at {where}: {what}"
+    except _TooLarge as err:
+        raise ValidationError([Problem(source, str(err))]) from None
+    except yaml.constructor.ConstructorError as err:
+        if "tag" not in (err.problem or ""):
+            raise _invalid_yaml(err, source) from None
+        message = (
+            f"the document uses a tag YAML cannot build safely ({err.problem}); only "
+            "plain YAML values are allowed: remove the !tag"
+        )
         raise ValidationError([Problem(source, message)]) from None
+    except yaml.MarkedYAMLError as err:
+        raise _invalid_yaml(err, source) from None
     except yaml.YAMLError as err:
         message = f"the document is not valid YAML: {err}"
         raise ValidationError([Problem(source, message)]) from None
@@ -84,3 +169,11 @@ def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str
         )
         raise ValidationError([Problem(source, message)])
     return data
+
+
+def _invalid_yaml(err: yaml.MarkedYAMLError, source: str) -> ValidationError:
+    mark = err.problem_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else source
+    what = err.problem or str(err)
+    message = f"the document is not valid YAML at {where}: {what}"
+    return ValidationError([Problem(source, message)])

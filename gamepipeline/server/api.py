@@ -149,7 +149,14 @@ def create_app(
     @app.post("/api/pipelines")
     def submit() -> tuple[Response, int, dict[str, str]]:
         raw, query = request.get_data(), request.args.to_dict()
-        submission = catalog.read(raw, query) or read_submission(raw, query)
+        try:
+            submission = catalog.read(raw, query) or read_submission(raw, query)
+        except RecursionError:
+            raise InvalidRequest(
+                "the request body nests too deeply to read; a pipeline document "
+                "nests a few levels, send one",
+                [Problem("", "nested too deeply")],
+            ) from None
         new = prepare(catalog.with_server_envs(submission))
         pipeline_id = store.create_pipeline(new)
         dispatch.wake()

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ENVELOPE_KEYS: Final = ("pipeline", "args", "envs", "node")
 ARG_PREFIX: Final = "arg."
 ENV_PREFIX: Final = "env."
+#: Steps one pipeline may have. The longest shipped template has four; a node runs the
+#: steps one after another, so hundreds would be a mistake or an attack.
+MAX_STEPS: Final = 100
 
 
 @dataclass
@@ -62,6 +65,18 @@ def read_submission(body: bytes, query: Mapping[str, str]) -> Submission:
 
 def prepare(submission: Submission) -> NewPipeline:
     """Validate a submission against the pipeline language; raise ``InvalidRequest``."""
+    steps = submission.document.get("steps")
+    if isinstance(steps, list) and len(steps) > MAX_STEPS:
+        raise _invalid(
+            "the pipeline is too long",
+            [
+                Problem(
+                    "steps",
+                    f"{len(steps)} steps is more than the {MAX_STEPS} a pipeline may "
+                    "have; split it into several pipelines",
+                )
+            ],
+        )
     try:
         template = load_template(submission.document)
     except ValidationError as err:
@@ -105,7 +120,7 @@ def _envelope(body: bytes) -> dict[str, Any] | None:
     """The body as an envelope, or None when it is a bare document."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(data, dict) and "pipeline" in data:
         return data

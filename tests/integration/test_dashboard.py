@@ -8,6 +8,7 @@ README shows, ``docs/dashboard.png``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,12 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     context = browser.new_context(
         base_url=f"http://127.0.0.1:{server.http_port}",
         viewport={"width": 1280, "height": 800},
+    )
+    # The server wants a token (conftest): give the page one, as an operator would,
+    # unless one was entered already.
+    key, token = "'gamepipeline.token'", json.dumps(server.token)
+    context.add_init_script(
+        f"if (!localStorage.getItem({key})) localStorage.setItem({key}, {token})"
     )
     opened = context.new_page()
     opened.set_default_timeout(20_000)
