@@ -60,3 +60,9 @@ bench: venv images $(VENV)/.bench-installed
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@
+
+# Node provisioning (issue 7): ruff/mypy on the collection's Python, ansible-lint
+# (production profile), collection build, inventory plugin tests, the molecule scenario.
+.PHONY: test-provisioning
+test-provisioning: venv docker
+	VENV=$(VENV) scripts/test-provisioning.sh
