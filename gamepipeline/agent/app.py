@@ -22,7 +22,7 @@ from typing import Any
 
 from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
-from gamepipeline.agent.events import Report
+from gamepipeline.agent.events import PipelineReport, Report
 from gamepipeline.agent.markers import ActiveRuns
 from gamepipeline.agent.recovery import settle_interrupted_runs
 from gamepipeline.agent.reporter import Reporter
@@ -88,7 +88,6 @@ class Agent:
                 on_done=self._forget,
                 janitor=self._janitor,
                 active=self.active,
-                policy=self._config.policy,
             )
             self._runs[pid] = run
         log.info("node %s: starting pipeline %s", node, pid)
@@ -139,6 +138,11 @@ class Agent:
             run.join(max(0.0, deadline - time.monotonic()))
 
     def _emit(self, pipeline_id: str, report: Report) -> None:
+        if isinstance(report, PipelineReport) and report.final:
+            # The slot is free once the run's end is reported: the server may hand
+            # over the next pipeline at once, before this run's thread has wound down.
+            with self._lock:
+                self._runs.pop(pipeline_id, None)
         self._reporter.submit(pipeline_id, report)
 
     def _forget(self, run: PipelineRun) -> None:
