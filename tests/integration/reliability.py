@@ -145,21 +145,44 @@ def running_names(engine: docker.DockerClient, pipeline_id: str) -> set[str]:
     return {c.name for c in labelled(engine, pipeline_id) if c.status == "running"}
 
 
-def container_starts(
-    engine: docker.DockerClient, pipeline_id: str, since: float
-) -> Counter[str]:
-    """How often each container of the pipeline was started since ``since``."""
-    events = engine.events(
-        since=int(since) - 1,
-        until=int(time.time()) + 1,
-        filters={
-            "type": "container",
-            "event": "start",
-            "label": f"{PIPELINE_LABEL}={pipeline_id}",
-        },
-        decode=True,
-    )
-    return Counter(event["Actor"]["Attributes"]["name"] for event in events)
+class EngineEvents:
+    """Container starts as the engine announces them, recorded from the moment this is
+    made (the engine keeps only its last few hundred events for later questions)."""
+
+    def __init__(self, engine: docker.DockerClient) -> None:
+        self._stream = engine.events(
+            filters={"type": "container", "event": "start"}, decode=True
+        )
+        self._starts: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            for event in self._stream:
+                attributes = event["Actor"]["Attributes"]
+                with self._lock:
+                    self._starts.append(
+                        (attributes.get(PIPELINE_LABEL, ""), attributes["name"])
+                    )
+
+    def starts(self, pipeline_id: str) -> Counter[str]:
+        """How often each container of the pipeline was started."""
+        with self._lock:
+            return Counter(name for pid, name in self._starts if pid == pipeline_id)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+@contextlib.contextmanager
+def engine_events(engine: docker.DockerClient) -> Iterator[EngineEvents]:
+    recorder = EngineEvents(engine)
+    try:
+        yield recorder
+    finally:
+        recorder.close()
 
 
 # --- the server's records ---------------------------------------------------------------
@@ -213,7 +236,7 @@ def check_against_engine(
     pipeline_id: str,
     expected: Expected,
     *,
-    since: float,
+    events: EngineEvents,
     server_logs: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Hold the server's records of a finished pipeline to the engine's ground truth."""
@@ -231,7 +254,7 @@ def check_against_engine(
     assert applied == sorted(set(applied)), f"applied out of order or twice: {applied}"
     assert applied[-1] <= stored["last_sequence"]
 
-    starts = container_starts(engine, pipeline_id, since)
+    starts = events.starts(pipeline_id)
     twice = {name: n for name, n in starts.items() if n > 1}
     assert not twice, f"containers started more than once: {twice}"
     left = {c.name: c.status for c in labelled(engine, pipeline_id)}

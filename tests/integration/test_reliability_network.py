@@ -16,6 +16,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from .conftest import Process
 from .reliability import (
     FAST_SERVER,
     IMAGE,
+    EngineEvents,
     Expected,
     Proxy,
     applied_sequences,
     check_against_engine,
+    engine_events,
     labelled,
     launch_agent,
     launch_server,
@@ -45,6 +48,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 @pytest.fixture
 def run_id() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
+    with engine_events(docker_client) as recorder:
+        yield recorder
 
 
 @pytest.fixture
@@ -82,10 +91,10 @@ def document(run_id: str, script: list[str], service: bool = True) -> str:
 def test_link_cut_mid_run_agent_journals_and_delivers_once_in_order(
     tmp_path: Path,
     docker_client: docker.DockerClient,
+    events: EngineEvents,
     processes: list[Process],
     run_id: str,
 ) -> None:
-    since = time.time()
     node_id = f"node-{run_id}"
     server = launch_server(tmp_path, *FAST_SERVER)
     processes.append(server)
@@ -130,7 +139,7 @@ def test_link_cut_mid_run_agent_journals_and_delivers_once_in_order(
             Expected(
                 "completed", "", ["completed", "completed"], {f"gp-{run_id}-game"}
             ),
-            since=since,
+            events=events,
         )
     finally:
         proxy.stop()
@@ -146,10 +155,10 @@ def test_link_cut_mid_run_agent_journals_and_delivers_once_in_order(
 def test_frozen_agent_goes_offline_then_its_pipeline_fails_node_lost(
     tmp_path: Path,
     docker_client: docker.DockerClient,
+    events: EngineEvents,
     processes: list[Process],
     run_id: str,
 ) -> None:
-    since = time.time()
     node_id = f"node-{run_id}"
     server = launch_server(tmp_path, *FAST_SERVER, "--node-lost-after", "4")
     processes.append(server)
@@ -195,7 +204,7 @@ def test_frozen_agent_goes_offline_then_its_pipeline_fails_node_lost(
         docker_client,
         pipeline_id,
         Expected("failed", "node_lost", ["failed"]),
-        since=since,
+        events=events,
     )
     assert offline_after < 3 + 3, f"offline only after {offline_after:.1f} s"
     assert 3 + 4 - 1.5 <= lost_after < 3 + 4 + 6, f"node_lost after {lost_after:.1f} s"

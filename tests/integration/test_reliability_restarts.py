@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ from .conftest import Process, Server
 from .reliability import (
     FAST_SERVER,
     IMAGE,
+    EngineEvents,
     Expected,
     check_against_engine,
-    container_starts,
+    engine_events,
     labelled,
     launch_agent,
     launch_server,
@@ -46,6 +47,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
 @pytest.fixture
 def run_id() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
+    with engine_events(docker_client) as recorder:
+        yield recorder
 
 
 @pytest.fixture
@@ -97,10 +104,10 @@ def wait_step_running(server: Server, pipeline_id: str, index: int = 0) -> None:
 def test_server_killed_mid_run_restarts_and_the_run_goes_on_to_its_end(
     tmp_path: Path,
     docker_client: docker.DockerClient,
+    events: EngineEvents,
     processes: list[Process],
     run_id: str,
 ) -> None:
-    since = time.time()
     node_id = f"node-{run_id}"
     server = launch_server(tmp_path, *FAST_SERVER)
     processes.append(server)
@@ -119,7 +126,7 @@ def test_server_killed_mid_run_restarts_and_the_run_goes_on_to_its_end(
     prep = f"gp-{run_id}-a-prep"
     wait_until(
         lambda: (
-            container_starts(docker_client, first, since)[prep] == 1
+            events.starts(first)[prep] == 1
             and prep not in {c.name for c in labelled(docker_client, first)}
         ),
         60,
@@ -139,7 +146,7 @@ def test_server_killed_mid_run_restarts_and_the_run_goes_on_to_its_end(
         docker_client,
         first,
         Expected("completed", "", ["completed", "completed"], {f"gp-{run_id}-a-game"}),
-        since=since,
+        events=events,
         server_logs=logs,
     )
     check_against_engine(
@@ -147,7 +154,7 @@ def test_server_killed_mid_run_restarts_and_the_run_goes_on_to_its_end(
         docker_client,
         queued,
         Expected("completed", "", ["completed", "completed"], {f"gp-{run_id}-b-game"}),
-        since=since,
+        events=events,
         server_logs=logs,
     )
     # F11: the stream ended as transient, the agent came back with growing, jittered
@@ -166,10 +173,10 @@ def test_server_killed_mid_run_restarts_and_the_run_goes_on_to_its_end(
 def test_agent_killed_mid_step_fails_the_run_naming_the_step_and_removes_its_container(
     tmp_path: Path,
     docker_client: docker.DockerClient,
+    events: EngineEvents,
     processes: list[Process],
     run_id: str,
 ) -> None:
-    since = time.time()
     node_id = f"node-{run_id}"
     server = launch_server(tmp_path, *FAST_SERVER)
     processes.append(server)
@@ -198,7 +205,7 @@ def test_agent_killed_mid_step_fails_the_run_naming_the_step_and_removes_its_con
         docker_client,
         pipeline_id,
         Expected("failed", "agent_restarted", ["failed", "skipped"]),
-        since=since,
+        events=events,
     )
     assert "during step 0" in shown["message"], shown
     assert node_state(server, node_id) == "online"
@@ -207,10 +214,10 @@ def test_agent_killed_mid_step_fails_the_run_naming_the_step_and_removes_its_con
 def test_server_and_agent_killed_mid_step_settle_once_both_are_back(
     tmp_path: Path,
     docker_client: docker.DockerClient,
+    events: EngineEvents,
     processes: list[Process],
     run_id: str,
 ) -> None:
-    since = time.time()
     node_id = f"node-{run_id}"
     server = launch_server(tmp_path, *FAST_SERVER)
     processes.append(server)
@@ -246,7 +253,7 @@ def test_server_and_agent_killed_mid_step_settle_once_both_are_back(
         docker_client,
         pipeline_id,
         Expected("failed", "agent_restarted", ["failed", "skipped"]),
-        since=since,
+        events=events,
         server_logs=[server.log, again.log],
     )
     assert "during step 0" in shown["message"], shown

@@ -1,0 +1,182 @@
+"""Issue 4 / F9: many runs on one node.
+
+- two pipelines arrive 5 ms apart on the same node: each runs in a private data dir of
+  its own and its containers get its own args and envs, not the other's;
+- then a bounded series of short runs (``RUNS``, not F9's thousand: each run starts an
+  ansible-playbook, a few seconds of CPU on a shared machine) goes through the node:
+  every one completes, and the agent's work dir is as large at the end as after the
+  first few (run dirs, markers, journal entries and sequence files all go away).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from .conftest import Process, Server
+from .reliability import (
+    FAST_SERVER,
+    IMAGE,
+    EngineEvents,
+    engine_events,
+    launch_agent,
+    launch_server,
+    node_state,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+RUNS = 12
+WARM_UP = 3
+#: Growth allowed between the warm-up and the end: a log-free work dir should not grow
+#: at all; this leaves room for a directory entry or two.
+SLACK_BYTES = 16 * 1024
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
+    with engine_events(docker_client) as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def node(tmp_path: Path, run_id: str) -> Iterator[tuple[Server, Process, str]]:
+    node_id = f"node-{run_id}"
+    server = launch_server(tmp_path, *FAST_SERVER)
+    agent = launch_agent(
+        tmp_path, server.grpc_address, node_id, "--capacity", "2", "--env", "NODE=n1"
+    )
+    try:
+        wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
+        yield server, agent, node_id
+    finally:
+        agent.stop(signal.SIGTERM)
+        server.stop(signal.SIGTERM)
+        print(f"--- agent log ---\n{agent.tail()}\n--- server log ---\n{server.tail()}")
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(docker_client: docker.DockerClient, run_id: str) -> Iterator[None]:
+    yield
+    for container in docker_client.containers.list(all=True):
+        if container.name.startswith(f"gp-{run_id}"):
+            container.remove(force=True)
+
+
+def env_of(container: Any) -> dict[str, str]:
+    pairs = (item.partition("=") for item in container.attrs["Config"]["Env"])
+    return {key: value for key, _, value in pairs}
+
+
+def work_dir_size(work: Path) -> tuple[int, list[str]]:
+    """Bytes in the work dir's files, and the files other than fixed bookkeeping."""
+    size, files = 0, []
+    for path in work.rglob("*"):
+        if path.is_file():
+            size += path.stat().st_size
+            files.append(str(path.relative_to(work)))
+    return size, files
+
+
+def test_two_pipelines_5_ms_apart_keep_their_own_dirs_args_and_envs(
+    node: tuple[Server, Process, str],
+    docker_client: docker.DockerClient,
+    run_id: str,
+) -> None:
+    server, agent, node_id = node
+    template = {
+        "name": "isolated",
+        "args": ["WHO"],
+        "envs": ["SECRET"],
+        "steps": [
+            {"name": "game", "type": "service", "container": {
+                "image": IMAGE, "container_name": f"gp-{run_id}-${{{{ args.WHO }}}}",
+                "environment": {"WHO": "${{ args.WHO }}",
+                                "SECRET": "${{ envs.SECRET }}"}}},
+        ],
+    }  # fmt: skip
+    ids: dict[str, str] = {}
+
+    def submit(who: str) -> None:
+        ids[who] = server.api.submit(
+            yaml.safe_dump(template),
+            args={"WHO": who},
+            envs={"SECRET": f"secret-of-{who}"},
+            node=node_id,
+        )
+
+    first = threading.Thread(target=submit, args=("alpha",))
+    second = threading.Thread(target=submit, args=("beta",))
+    first.start()
+    time.sleep(0.005)
+    second.start()
+    first.join(10)
+    second.join(10)
+
+    for who, pipeline_id in ids.items():
+        assert server.api.wait(pipeline_id, timeout=90)["state"] == "completed"
+        env = env_of(docker_client.containers.get(f"gp-{run_id}-{who}"))
+        assert (env["WHO"], env["SECRET"]) == (who, f"secret-of-{who}")
+    log = agent.log.read_text()
+    dirs = {
+        pipeline_id: re.findall(
+            rf"pipeline {pipeline_id}: starting ansible-runner in (\S+)", log
+        )
+        for pipeline_id in ids.values()
+    }
+    assert all(len(found) == 1 for found in dirs.values()), dirs
+    alpha, beta = (Path(found[0]) for found in dirs.values())
+    assert alpha != beta and alpha.parent == beta.parent
+    assert not alpha.exists() and not beta.exists()
+
+
+def test_many_runs_in_a_row_leave_the_work_dir_as_it_was(
+    node: tuple[Server, Process, str],
+    docker_client: docker.DockerClient,
+    events: EngineEvents,
+    tmp_path: Path,
+) -> None:
+    server, _, node_id = node
+    work = tmp_path / "agent-work"
+    short = yaml.safe_dump(
+        {"name": "short", "steps": [
+            {"name": "tick", "container": {"image": IMAGE, "commands": ["true"]}}]}
+    )  # fmt: skip
+
+    def run(count: int) -> list[str]:
+        ids = [server.api.submit(short, node=node_id) for _ in range(count)]
+        for pipeline_id in ids:
+            assert server.api.wait(pipeline_id, timeout=120)["state"] == "completed"
+        return ids
+
+    started = time.monotonic()
+    ids = run(WARM_UP)
+    wait_until(lambda: not list((work / "runs").iterdir()), 10, "run dirs to go")
+    size_after_warm_up, _ = work_dir_size(work)
+    ids += run(RUNS - WARM_UP)
+    elapsed = time.monotonic() - started
+
+    wait_until(lambda: not list((work / "runs").iterdir()), 10, "run dirs to go")
+    size, files = work_dir_size(work)
+    assert files == [], f"files left in the work dir: {files}"
+    assert size <= size_after_warm_up + SLACK_BYTES, (size_after_warm_up, size)
+    for pipeline_id in ids:
+        starts = events.starts(pipeline_id)
+        assert sum(starts.values()) == 1, (pipeline_id, starts)
+    print(f"{RUNS} runs in {elapsed:.0f} s ({elapsed / RUNS:.1f} s a run, 2 at once)")
