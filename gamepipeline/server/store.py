@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +39,7 @@ from gamepipeline.pipeline.states import (
     steps_after_end,
 )
 from gamepipeline.server.errors import Conflict, InvalidRequest, NotFound, WrongNode
+from gamepipeline.server.sealing import SecretBox, names_only
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +202,17 @@ class NodeLossOutcome:
 class Store:
     """Pipelines, steps and nodes in one SQLite file, safe to use from many threads."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], int] = wall_clock_ms):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        box: SecretBox | None = None,
+    ):
         self.path = Path(path)
         self._clock = clock
+        # Env values are sealed at rest and dropped when a run ends (``sealing``).
+        self._box = box or SecretBox.for_database(path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -212,6 +221,11 @@ class Store:
     def now_ms(self) -> int:
         """The store's clock, in which every timestamp it keeps is written."""
         return self._clock()
+
+    def _record(self, row: Mapping[str, Any]) -> PipelineRecord:
+        """A pipeline row as a record, its env values opened."""
+        record = _pipeline(row)
+        return replace(record, env_values=self._box.open(record.env_values))
 
     # connections and transactions
 
@@ -229,6 +243,8 @@ class Store:
             # FULL: a commit survives power loss, not only a process crash.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # Dropped values are overwritten, not left in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
             db = Database(conn, execute_plugins=False)
             self._local.db = db
             with self._lock:
@@ -347,7 +363,7 @@ class Store:
                     "declared_args": json.dumps(new.declared_args),
                     "declared_envs": json.dumps(new.declared_envs),
                     "arg_values": json.dumps(new.arg_values, ensure_ascii=False),
-                    "env_values": json.dumps(new.env_values, ensure_ascii=False),
+                    "env_values": json.dumps(self._box.seal(new.env_values)),
                     "node_requested": new.node_requested,
                     "node_assigned": None,
                     "state": PipelineState.PENDING.value,
@@ -392,7 +408,7 @@ class Store:
         row = _one(self._db(), "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
         if row is None:
             raise _pipeline_not_found(pipeline_id)
-        return _pipeline(row)
+        return self._record(row)
 
     def get_steps(self, pipeline_id: str) -> list[StepRecord]:
         rows = self._db().query(
@@ -424,7 +440,7 @@ class Store:
             f"SELECT * FROM pipelines WHERE {' AND '.join(where)} "
             "ORDER BY created_at_ms DESC, rowid DESC LIMIT ?"
         )
-        return [_pipeline(row) for row in self._db().query(sql, [*params, limit])]
+        return [self._record(row) for row in self._db().query(sql, [*params, limit])]
 
     def pending_pipelines(self) -> list[PipelineRecord]:
         """Pending pipelines, oldest first: the dispatcher's queue."""
@@ -432,7 +448,7 @@ class Store:
             "SELECT * FROM pipelines WHERE state = ? ORDER BY created_at_ms, rowid",
             [PipelineState.PENDING.value],
         )
-        return [_pipeline(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def count_by_state_and_template(self) -> dict[tuple[str, str], int]:
         """How many pipelines are in each (state, template name) pair."""
@@ -501,7 +517,7 @@ class Store:
             row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
             if row is None or row["node_assigned"] != node_id:
                 return False
-            record = _pipeline(row)
+            record = self._record(row)
             if record.state.is_final:
                 return False
             if accepted:
@@ -541,7 +557,11 @@ class Store:
                 ):
                     changes["started_at_ms"] = at
                 if report.state.is_final:
-                    changes |= {"finished_at_ms": at, "current_step": -1}
+                    changes |= {
+                        "finished_at_ms": at,
+                        "current_step": -1,
+                        "env_values": json.dumps(names_only(record.env_values)),
+                    }
             db.table("pipelines").update(record.id, changes)
         _log_outcome(
             report.pipeline_id,
@@ -628,7 +648,7 @@ class Store:
         row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
         if row is None:
             raise _pipeline_not_found(pipeline_id)
-        record = _pipeline(row)
+        record = self._record(row)
         if record.node_assigned != node_id:
             owner = (
                 f"node {record.node_assigned}" if record.node_assigned else "no node"
@@ -647,7 +667,7 @@ class Store:
             row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
             if row is None:
                 raise _pipeline_not_found(pipeline_id)
-            record = _pipeline(row)
+            record = self._record(row)
             if record.state.is_final:
                 raise Conflict(
                     f"pipeline {pipeline_id} already ended {record.state}; only a "
@@ -681,7 +701,7 @@ class Store:
                 "SELECT * FROM pipelines WHERE node_assigned = ? AND state IN (?, ?)",
                 [node_id, *_ACTIVE],
             )
-            for record in [_pipeline(row) for row in rows]:
+            for record in [self._record(row) for row in rows]:
                 if record.state is PipelineState.PENDING and not record.acknowledged:
                     db.table("pipelines").update(record.id, {"node_assigned": None})
                     outcome.requeued.append(record.id)
@@ -709,6 +729,7 @@ class Store:
                 "message": message,
                 "finished_at_ms": now,
                 "current_step": -1,
+                "env_values": json.dumps(names_only(record.env_values)),
             },
         )
         states = [
