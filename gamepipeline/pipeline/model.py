@@ -573,8 +573,8 @@ class Step(_Strict):
         other problems even when its type is wrong."""
         container = data.get("container") if isinstance(data, dict) else None
         missing = (
-            data.get("type") != "remove"
-            and isinstance(container, dict)
+            isinstance(container, dict)
+            and data.get("type") != "remove"
             and container.get("image") is None
         )
         try:
