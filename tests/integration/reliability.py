@@ -134,15 +134,33 @@ def node_state(server: Server, node_id: str) -> str:
 # --- the engine's ground truth ----------------------------------------------------------
 
 
-def labelled(engine: docker.DockerClient, pipeline_id: str) -> list[Any]:
-    found: list[Any] = engine.containers.list(
+@dataclass(frozen=True)
+class Seen:
+    """A container as the engine listed it."""
+
+    name: str
+    status: str
+
+
+def labelled(engine: docker.DockerClient, pipeline_id: str) -> list[Seen]:
+    """The pipeline's containers, from one listing (no inspection of each, which a
+    container removed in between would fail)."""
+    found = engine.api.containers(
         all=True, filters={"label": f"{PIPELINE_LABEL}={pipeline_id}"}
     )
-    return found
+    return [Seen(c["Names"][0].lstrip("/"), str(c["State"])) for c in found]
 
 
 def running_names(engine: docker.DockerClient, pipeline_id: str) -> set[str]:
     return {c.name for c in labelled(engine, pipeline_id) if c.status == "running"}
+
+
+def remove_named(engine: docker.DockerClient, prefix: str) -> None:
+    """Remove every container whose name starts with ``prefix``, gone ones aside."""
+    for found in engine.api.containers(all=True, filters={"name": prefix}):
+        if found["Names"][0].lstrip("/").startswith(prefix):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                engine.api.remove_container(found["Id"], force=True)
 
 
 class EngineEvents:

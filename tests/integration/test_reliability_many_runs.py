@@ -32,6 +32,7 @@ from .reliability import (
     launch_agent,
     launch_server,
     node_state,
+    remove_named,
     wait_until,
 )
 
@@ -74,9 +75,7 @@ def node(tmp_path: Path, run_id: str) -> Iterator[tuple[Server, Process, str]]:
 @pytest.fixture(autouse=True)
 def no_leftovers(docker_client: docker.DockerClient, run_id: str) -> Iterator[None]:
     yield
-    for container in docker_client.containers.list(all=True):
-        if container.name.startswith(f"gp-{run_id}"):
-            container.remove(force=True)
+    remove_named(docker_client, f"gp-{run_id}")
 
 
 def env_of(container: Any) -> dict[str, str]:

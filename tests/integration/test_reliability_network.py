@@ -38,6 +38,7 @@ from .reliability import (
     launch_agent,
     launch_server,
     node_state,
+    remove_named,
     running_names,
     wait_until,
 )
@@ -70,9 +71,7 @@ def processes() -> Any:
 @pytest.fixture(autouse=True)
 def no_leftovers(docker_client: docker.DockerClient, run_id: str) -> Any:
     yield
-    for container in docker_client.containers.list(all=True):
-        if container.name.startswith(f"gp-{run_id}"):
-            container.remove(force=True)
+    remove_named(docker_client, f"gp-{run_id}")
 
 
 def document(run_id: str, script: list[str], service: bool = True) -> str:
@@ -141,15 +140,15 @@ def test_link_cut_mid_run_agent_journals_and_delivers_once_in_order(
             ),
             events=events,
         )
+        # Every report was applied exactly once and in order: none lost, none twice.
+        applied = applied_sequences([server.log], pipeline_id)
+        assert applied == list(range(1, len(applied) + 1)), applied
+        assert offline_after < 3 + 3, f"offline only after {offline_after:.1f} s"
+        wait_until(lambda: not list(journal.glob("*.pb")), 10, "the journal to empty")
+        assert node_state(server, node_id) == "online"
+        assert proxy.connections >= 2  # the agent came back on a new connection
     finally:
         proxy.stop()
-    # Every report was applied exactly once and in order: nothing lost, nothing twice.
-    applied = applied_sequences([server.log], pipeline_id)
-    assert applied == list(range(1, len(applied) + 1)), applied
-    assert offline_after < 3 + 3, f"offline only after {offline_after:.1f} s"
-    wait_until(lambda: not list(journal.glob("*.pb")), 10, "the journal to empty")
-    assert node_state(server, node_id) == "online"
-    assert proxy.connections >= 2  # the agent came back on a new connection
 
 
 def test_frozen_agent_goes_offline_then_its_pipeline_fails_node_lost(

@@ -33,6 +33,7 @@ from .reliability import (
     launch_agent,
     launch_server,
     node_state,
+    remove_named,
     running_names,
     wait_until,
 )
@@ -54,9 +55,7 @@ def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
 @pytest.fixture(autouse=True)
 def no_leftovers(docker_client: docker.DockerClient, run_id: str) -> Iterator[None]:
     yield
-    for container in docker_client.containers.list(all=True):
-        if container.name.startswith(f"gp-{run_id}"):
-            container.remove(force=True)
+    remove_named(docker_client, f"gp-{run_id}")
 
 
 def script(run_id: str, name: str, commands: list[str], **step: Any) -> str:

@@ -37,6 +37,7 @@ from .reliability import (
     launch_agent,
     launch_server,
     node_state,
+    remove_named,
     running_names,
     wait_until,
 )
@@ -68,9 +69,7 @@ def processes(docker_client: docker.DockerClient) -> Any:
 @pytest.fixture(autouse=True)
 def no_leftovers(docker_client: docker.DockerClient, run_id: str) -> Any:
     yield
-    for container in docker_client.containers.list(all=True):
-        if container.name.startswith(f"gp-{run_id}"):
-            container.remove(force=True)
+    remove_named(docker_client, f"gp-{run_id}")
 
 
 def two_steps(run_id: str, first: list[str], name: str = "a") -> str:
