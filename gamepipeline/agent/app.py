@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from gamepipeline.agent.config import AgentConfig
@@ -46,6 +47,10 @@ STOP_RUNS_SECONDS = 30.0
 FLUSH_SECONDS = 5.0
 """How long stopping the agent waits for the server to take the last reports."""
 
+REMEMBER_ENDED = 1000
+"""How many ended pipelines the agent remembers, so that one handed over again (the
+server had not heard of its end yet) is not run a second time."""
+
 
 class Agent:
     """Takes pipelines in hand, runs them, cancels them; the connection's handler."""
@@ -61,6 +66,7 @@ class Agent:
         self._janitor = janitor or ContainerJanitor()
         self.active = ActiveRuns(config.active_dir)
         self._runs: dict[str, PipelineRun] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._accepting = True
 
@@ -75,6 +81,19 @@ class Agent:
                 log.info("node %s: pipeline %s is already running here", node, pid)
                 return pb.PipelineAck(
                     pipeline_id=pid, accepted=True, message="already running"
+                )
+            if pid in self._ended or self._reporter.has_reported(pid):
+                # It ran here while the server could not hear of it (a cut link, a
+                # restart); its journaled reports are on their way. Never run it twice.
+                log.warning(
+                    "node %s: pipeline %s already ran here; not running it again",
+                    node,
+                    pid,
+                )
+                return pb.PipelineAck(
+                    pipeline_id=pid,
+                    accepted=True,
+                    message="already ran on this node; its reports follow",
                 )
             refusal = self._refusal()
             if refusal:
@@ -106,7 +125,11 @@ class Agent:
 
     def settle_interrupted(self) -> list[str]:
         """Settle the runs a previous agent on this work dir left unfinished."""
-        return settle_interrupted_runs(self.active, self._reporter, self._janitor)
+        settled = settle_interrupted_runs(self.active, self._reporter, self._janitor)
+        with self._lock:
+            for pid in settled:
+                self._remember_ended(pid)
+        return settled
 
     def handle_cancel(self, cancel: pb.CancelPipeline) -> None:
         with self._lock:
@@ -143,7 +166,13 @@ class Agent:
             # over the next pipeline at once, before this run's thread has wound down.
             with self._lock:
                 self._runs.pop(pipeline_id, None)
+                self._remember_ended(pipeline_id)
         self._reporter.submit(pipeline_id, report)
+
+    def _remember_ended(self, pipeline_id: str) -> None:
+        self._ended[pipeline_id] = None
+        while len(self._ended) > REMEMBER_ENDED:
+            self._ended.popitem(last=False)
 
     def _forget(self, run: PipelineRun) -> None:
         with self._lock:

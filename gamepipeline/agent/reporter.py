@@ -157,6 +157,15 @@ class Reporter:
         )
         return sequence
 
+    def has_reported(self, pipeline_id: str) -> bool:
+        """Whether a report on the pipeline was made here and its final one has not
+        been answered yet (its sequence is still kept, in memory or on disk)."""
+        with self._cond:
+            return (
+                pipeline_id in self._last_sequence
+                or self._sequence_path(pipeline_id).exists()
+            )
+
     def pending(self) -> int:
         with self._cond:
             return len(self._queue)

@@ -61,3 +61,32 @@ def test_ended_run_no_longer_counts_when_its_final_report_is_journaled(
     second.CopyFrom(pipeline)
     second.id = "p2"
     assert agent.handle_pipeline(second).accepted  # not "at capacity"
+
+
+def test_pipeline_handed_over_again_after_it_ran_here_is_not_run_twice(
+    tmp_path: Path,
+) -> None:
+    config = AgentConfig(
+        server_address="127.0.0.1:1", node_id="node-a", capacity=2, work_dir=tmp_path
+    )
+    reporter = WatchingReporter(config.journal_dir)
+    agent = Agent(config, reporter)
+    reporter.agent = agent
+    pipeline = pb.GamePipeline(
+        id="p1",
+        name="broken",
+        document_json=json.dumps({"name": "broken", "steps": []}),
+        steps=[pb.PipelineStep(index=0, name="s", type="container")],
+    )
+    assert agent.handle_pipeline(pipeline).accepted
+    assert reporter.ended.wait(10)
+    reporter.ended.clear()
+
+    again = agent.handle_pipeline(pipeline)  # the server had not heard of its end
+
+    assert again.accepted and "already ran" in again.message
+    assert agent.running_ids() == []
+    assert not reporter.ended.wait(0.5)  # no second run, no second final report
+    # A new agent on the same work dir knows it from the journal alone.
+    fresh = Agent(config, Reporter("node-a", config.journal_dir))
+    assert "already ran" in fresh.handle_pipeline(pipeline).message
