@@ -302,6 +302,7 @@ class Proxy:
         self._held: set[asyncio.StreamWriter] = set()
         #: Connections caught by a cut: they never carry a byte again.
         self._doomed: set[asyncio.StreamWriter] = set()
+        self._cut_after: int | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -317,6 +318,15 @@ class Proxy:
         ).result(5)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def cut_after_large_message(self, size: int) -> None:
+        """Cut the link right after the server sends a chunk of ``size`` bytes or more
+        to the agent (a pipeline handed over; heartbeat answers are far smaller)."""
+
+        def arm() -> None:
+            self._cut_after = size
+
+        self._on_loop(arm)
 
     def cut(self) -> None:
         def hold() -> None:
@@ -367,7 +377,7 @@ class Proxy:
         self._held.add(upstream_writer)
         await asyncio.gather(
             self._pipe(reader, upstream_writer),
-            self._pipe(upstream_reader, writer),
+            self._pipe(upstream_reader, writer, to_agent=True),
             return_exceptions=True,
         )
         for end in (writer, upstream_writer):
@@ -375,7 +385,11 @@ class Proxy:
             end.transport.abort()
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        to_agent: bool = False,
     ) -> None:
         while True:
             data = await reader.read(65536)
@@ -392,4 +406,12 @@ class Proxy:
                 return
             writer.write(data)
             await writer.drain()
+            if (
+                to_agent
+                and self._cut_after is not None
+                and len(data) >= self._cut_after
+            ):
+                self._cut_after = None
+                self._flowing.clear()
+                self._doomed |= self._held
         writer.transport.abort()

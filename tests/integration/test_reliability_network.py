@@ -208,3 +208,56 @@ def test_frozen_agent_goes_offline_then_its_pipeline_fails_node_lost(
     assert offline_after < 3 + 3, f"offline only after {offline_after:.1f} s"
     assert 3 + 4 - 1.5 <= lost_after < 3 + 4 + 6, f"node_lost after {lost_after:.1f} s"
     assert "already ended failed" in server.log.read_text()
+
+
+def test_link_cut_right_after_a_hand_over_does_not_run_the_pipeline_twice(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    events: EngineEvents,
+    processes: list[Process],
+    run_id: str,
+) -> None:
+    """The agent gets the pipeline, then the link goes dark before the server hears a
+    word back (not even the ack): the agent runs it alone. When the link returns, the
+    server still has it pending for that node and hands it over again on the new
+    stream; the agent must not start it a second time."""
+    node_id = f"node-{run_id}"
+    server = launch_server(tmp_path, *FAST_SERVER)
+    processes.append(server)
+    proxy = Proxy(server.grpc_port).start()
+    try:
+        agent = launch_agent(tmp_path, proxy.address, node_id)
+        processes.append(agent)
+        wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
+        proxy.cut_after_large_message(400)
+        pipeline_id = server.api.submit(document(run_id, ["true"]), node=node_id)
+        wait_until(
+            lambda: f"gp-{run_id}-game" in running_names(docker_client, pipeline_id),
+            60,
+            "the agent to run the pipeline alone",
+        )
+        wait_until(
+            lambda: f"pipeline {pipeline_id}: run ended" in agent.log.read_text(),
+            30,
+            "the run to end",
+        )
+        assert server.api.pipeline(pipeline_id)["state"] == "pending"
+
+        proxy.restore()
+        server.api.wait(pipeline_id, timeout=60)
+        time.sleep(2)  # a second run, if one started, would have shown by now
+        check_against_engine(
+            server,
+            docker_client,
+            pipeline_id,
+            Expected(
+                "completed", "", ["completed", "completed"], {f"gp-{run_id}-game"}
+            ),
+            events=events,
+        )
+        assert events.starts(pipeline_id) == {
+            f"gp-{run_id}-prep": 1,
+            f"gp-{run_id}-game": 1,
+        }
+    finally:
+        proxy.stop()
