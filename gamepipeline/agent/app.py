@@ -71,8 +71,11 @@ class Agent:
         self._accepting = True
 
     def running_ids(self) -> list[str]:
+        """The pipelines this node runs, and those whose end it has yet to get across:
+        the server waits for their reports and settles any other it holds for us."""
         with self._lock:
-            return sorted(self._runs)
+            running = set(self._runs)
+        return sorted(running | set(self._reporter.reporting_ids()))
 
     def handle_pipeline(self, pipeline: pb.GamePipeline) -> pb.PipelineAck:
         node, pid = self._config.node_id, pipeline.id

@@ -166,6 +166,15 @@ class Reporter:
                 or self._sequence_path(pipeline_id).exists()
             )
 
+    def reporting_ids(self) -> list[str]:
+        """Pipelines reported on here whose final report the server has not answered."""
+        with self._cond:
+            on_disk = {path.name for path in self._sequences.iterdir()}
+            return sorted(
+                (set(self._last_sequence) | on_disk)
+                - {name for name in on_disk if name.endswith(".tmp")}
+            )
+
     def pending(self) -> int:
         with self._cond:
             return len(self._queue)

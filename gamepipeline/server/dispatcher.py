@@ -33,6 +33,7 @@ import grpc
 
 from gamepipeline import __version__
 from gamepipeline.logs import ids
+from gamepipeline.pipeline.states import PipelineState
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.errors import NotFound
 from gamepipeline.server.messages import pipeline_message
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 NODE_LOST_AFTER_SECONDS: Final = 300.0
 #: The dispatcher looks at the queue and the heartbeats at least this often.
 TICK_SECONDS: Final = 1.0
+#: Heartbeats in a row that leave out a pipeline the node holds (running, or taken and
+#: not started) before the server takes it that the node lost it. The agent lists the
+#: runs it has and those whose reports it has yet to deliver, so a pipeline missing
+#: from several of them is one it knows nothing of any more.
+FORGOTTEN_AFTER_HEARTBEATS: Final = 3
 
 _session_ids = itertools.count(1)
 
@@ -78,6 +84,8 @@ class AgentSession:
         self.running: set[str] = set(registration.running_pipeline_ids)
         #: Pipelines handed over on this stream; not handed over again on it.
         self.sent: set[str] = set()
+        #: Heartbeats in a row that left out a pipeline the node holds.
+        self.missing: dict[str, int] = {}
         self.ended = False
 
     def send(self, message: pb.PipelineStreamResponse) -> None:
@@ -207,11 +215,40 @@ class Dispatcher:
         session.last_heartbeat = time.monotonic()
         session.running = set(heartbeat.running_pipeline_ids)
         self._store.record_heartbeat(session.node_id)
+        self._settle_forgotten(session)
         session.send(
             pb.PipelineStreamResponse(
                 heartbeat_ack=pb.HeartbeatAck(sent_at_ms=heartbeat.sent_at_ms)
             )
         )
+
+    def _settle_forgotten(self, session: AgentSession) -> None:
+        """Fail what the node holds but has stopped listing, heartbeat after heartbeat:
+        its agent restarted without the run's records and no report will come."""
+        missing: dict[str, int] = {}
+        for pipeline_id in self._store.active_on_node(session.node_id):
+            if pipeline_id in session.running or pipeline_id in session.sent:
+                continue
+            record = self._store.get_pipeline(pipeline_id)
+            if record.state is PipelineState.PENDING and not record.acknowledged:
+                continue  # never taken: handed over again, not lost
+            missing[pipeline_id] = session.missing.get(pipeline_id, 0) + 1
+        session.missing = missing
+        for pipeline_id, count in missing.items():
+            if count < FORGOTTEN_AFTER_HEARTBEATS:
+                continue
+            text = (
+                f"the agent on node {session.node_id} restarted and no longer knows "
+                "this run; its end was never reported"
+            )
+            if self._store.fail_forgotten(pipeline_id, session.node_id, text):
+                log.warning(
+                    "node %s no longer lists pipeline %s; failed it",
+                    session.node_id,
+                    pipeline_id,
+                    extra=ids(pipeline_id, node_id=session.node_id),
+                )
+                self._wake.set()
 
     def acknowledge(self, session: AgentSession, ack: pb.PipelineAck) -> None:
         changed = self._store.acknowledge(

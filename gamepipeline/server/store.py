@@ -711,6 +711,21 @@ class Store:
                 outcome.failed.append(record.id)
         return outcome
 
+    def fail_forgotten(self, pipeline_id: str, node_id: str, message: str) -> bool:
+        """Fail a pipeline its node says it neither runs nor reports on any more (its
+        agent restarted without the run's records); False if it ended meanwhile."""
+        with self._write() as db:
+            row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
+            if row is None:
+                return False
+            record = _pipeline(row)
+            if record.node_assigned != node_id or record.state.is_final:
+                return False
+            self._end(
+                db, record, PipelineState.FAILED, EndReason.AGENT_RESTARTED, message
+            )
+        return True
+
     def _end(
         self,
         db: Database,

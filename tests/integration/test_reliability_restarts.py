@@ -15,6 +15,7 @@ points and started again, then the server's records held to the engine's ground 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from .reliability import (
     EngineEvents,
     Expected,
     check_against_engine,
+    database_row,
     engine_events,
     labelled,
     launch_agent,
@@ -257,3 +259,34 @@ def test_server_and_agent_killed_mid_step_settle_once_both_are_back(
     )
     assert "during step 0" in shown["message"], shown
     wait_until(lambda: not list(journal.glob("*.pb")), 10, "the journal to empty")
+
+
+def test_agent_back_without_its_work_dir_has_its_forgotten_run_failed(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    processes: list[Process],
+    run_id: str,
+) -> None:
+    """A node reimaged mid-run: the new agent has no marker and no journal. It lists
+    nothing, heartbeat after heartbeat, so the server fails the run it holds for the
+    node with the reason agent_restarted instead of showing it running for ever."""
+    node_id = f"node-{run_id}"
+    server = launch_server(tmp_path, *FAST_SERVER)
+    processes.append(server)
+    agent = launch_agent(tmp_path, server.grpc_address, node_id)
+    processes.append(agent)
+    wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
+    pipeline_id = server.api.submit(two_steps(run_id, ["sleep 60"]), node=node_id)
+    wait_step_running(server, pipeline_id)
+
+    agent.stop(signal.SIGKILL)
+    shutil.rmtree(tmp_path / "agent-work")
+    restarted = launch_agent(tmp_path, server.grpc_address, node_id)
+    processes.append(restarted)
+    final = server.api.wait(pipeline_id, timeout=30)
+
+    assert (final["state"], final["reason"]) == ("failed", "agent_restarted"), final
+    assert [s["state"] for s in final["steps"]] == ["failed", "skipped"]
+    stored = database_row(server.db_path, pipeline_id)
+    assert (stored["state"], stored["reason"]) == ("failed", "agent_restarted")
+    assert "no longer knows this run" in final["message"]

@@ -19,19 +19,19 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 
 
 class WatchingReporter(Reporter):
-    """The real reporter (journal on disk), noting what the agent runs at each final
-    report it is given."""
+    """The real reporter (journal on disk), noting at each final report it is given
+    whether the agent would refuse another pipeline for want of a slot."""
 
     def __init__(self, journal: Path) -> None:
         super().__init__("node-a", journal)
         self.agent: Agent | None = None
-        self.running_at_final: list[list[str]] = []
+        self.refusals_at_final: list[str] = []
         self.ended = threading.Event()
 
     def submit(self, pipeline_id: str, report: Report) -> int:
         if isinstance(report, PipelineReport) and report.final:
             assert self.agent is not None
-            self.running_at_final.append(self.agent.running_ids())
+            self.refusals_at_final.append(self.agent._refusal())
             self.ended.set()
         return super().submit(pipeline_id, report)
 
@@ -56,7 +56,7 @@ def test_ended_run_no_longer_counts_when_its_final_report_is_journaled(
     assert agent.handle_pipeline(pipeline).accepted
     assert reporter.ended.wait(10)
 
-    assert reporter.running_at_final == [[]]
+    assert reporter.refusals_at_final == [""]
     second = pipeline.__class__()
     second.CopyFrom(pipeline)
     second.id = "p2"
@@ -85,7 +85,8 @@ def test_pipeline_handed_over_again_after_it_ran_here_is_not_run_twice(
     again = agent.handle_pipeline(pipeline)  # the server had not heard of its end
 
     assert again.accepted and "already ran" in again.message
-    assert agent.running_ids() == []
+    # Listed until the server has its end: the server waits for those reports.
+    assert agent.running_ids() == ["p1"]
     assert not reporter.ended.wait(0.5)  # no second run, no second final report
     # A new agent on the same work dir knows it from the journal alone.
     fresh = Agent(config, Reporter("node-a", config.journal_dir))
