@@ -411,7 +411,10 @@ class AgentRegistration(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def running_pipeline_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Pipelines the agent is running now; after a reconnect these carry on."""
+        """Pipelines the agent is running now (after a reconnect these carry on), and those
+        whose end it has yet to report. The server fails a running pipeline of the node's
+        that its heartbeats keep leaving out: the agent no longer knows that run.
+        """
 
     def __init__(
         self,
@@ -440,7 +443,9 @@ class Heartbeat(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     sent_at_ms: _builtins.int
     @_builtins.property
-    def running_pipeline_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def running_pipeline_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As in AgentRegistration, at the time of this heartbeat."""
+
     def __init__(
         self,
         *,
