@@ -6,9 +6,11 @@ its own process, talking real gRPC over loopback on ports the OS picks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -227,13 +229,32 @@ def agent(workdir: Path, server: Server, node_id: str) -> Iterator[Process]:
 
 
 @pytest.fixture
-def cleanup_containers(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+def cleanup_containers(
+    docker_client: docker.DockerClient, workdir: Path
+) -> Iterator[list[str]]:
     """Names of containers a test creates; removed afterwards, with every container
-    labelled by the pipelines the test ran."""
+    labelled by the pipelines the test ran (those in the databases under its workdir:
+    other runs on the same engine keep theirs)."""
     names: list[str] = []
-    before = {c.id for c in docker_client.containers.list(all=True)}
     yield names
-    for container in docker_client.containers.list(all=True):
-        labelled = PIPELINE_LABEL in (container.labels or {})
-        if container.name in names or (labelled and container.id not in before):
-            container.remove(force=True)
+    ran = _pipelines_in(workdir)
+    for found in docker_client.api.containers(all=True):
+        name = found["Names"][0].lstrip("/")
+        pipeline = (found.get("Labels") or {}).get(PIPELINE_LABEL)
+        if name in names or pipeline in ran:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                docker_client.api.remove_container(found["Id"], force=True)
+
+
+def _pipelines_in(workdir: Path) -> set[str]:
+    """Ids of the pipelines stored in the server databases under ``workdir``."""
+    ids: set[str] = set()
+    for db in workdir.rglob("*.db"):
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            ids |= {row[0] for row in conn.execute("SELECT id FROM pipelines")}
+        except sqlite3.Error:
+            continue
+        finally:
+            conn.close()
+    return ids
