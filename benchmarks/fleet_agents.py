@@ -39,7 +39,7 @@ class Stats:
     def __init__(self) -> None:
         self.received: list[tuple[str, float]] = []
         self.heartbeat_rtt: list[float] = []
-        self.completed = 0
+        self.completed: list[str] = []
         self.status_calls = 0
         self.status_errors: list[str] = []
         self.streams_lost: list[str] = []
@@ -205,7 +205,7 @@ class SimAgent:
                     f"{pipeline_id}#{sequence}: not applied: {answer.detail}"
                 )
                 return
-        self.stats.completed += 1
+        self.stats.completed.append(pipeline_id)
 
     async def close(self) -> None:
         self.closing = True
