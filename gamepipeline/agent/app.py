@@ -110,6 +110,7 @@ class Agent:
                 on_done=self._forget,
                 janitor=self._janitor,
                 active=self.active,
+                policy=self._config.policy,
             )
             self._runs[pid] = run
         log.info("node %s: starting pipeline %s", node, pid)
