@@ -22,6 +22,7 @@ import pytest
 
 from gamepipeline.pipeline import (
     LABEL_PIPELINE,
+    ValidationError,
     bind,
     compile_playbook,
     load_template,
@@ -351,3 +352,82 @@ def test_local_image_is_used_and_missing_image_fails_naming_it(
     event, res = task_results(result)["[step 0] 服务"]
     assert event == "runner_on_failed"
     assert missing_image.rsplit(":", 1)[0] in res["msg"]
+
+
+CANARIES = ("{{ 7 * 7 }}", "{% if true %}x{% endif %}", "{{ lookup('pipe', 'id') }}")
+
+
+@pytest.mark.parametrize("canary", CANARIES)
+def test_template_syntax_reaches_every_free_text_field_as_written(
+    run: Run, names: list[str], tmp_path: Path, canary: str
+) -> None:
+    """F5 through the fields that take free text: command, entrypoint, working_dir,
+    volumes (both sides), labels, env, and a `commands` script, as literals and as
+    args; the created container and the script's output hold exactly those bytes."""
+    name = f"gp-it-fields-{uuid.uuid4().hex[:6]}"
+    names.append(name)
+    host_dir = tmp_path / f"host {canary}"
+    host_dir.mkdir()
+    doc = service_doc(
+        name,
+        entrypoint=["/bin/sh", "-c", "sleep 3600", canary],
+        command=["${{ args.CANARY }}", canary],
+        working_dir=f"/work/{canary}",
+        volumes=[f"{host_dir}:/in/{canary}"],
+        labels={"literal": canary, "arg": "${{ args.CANARY }}"},
+        environment={"CANARY": "${{ args.CANARY }}"},
+    )
+    doc["args"] = ["CANARY"]
+    doc["steps"].append(
+        {
+            "name": "script",
+            "container": {
+                "image": STAND_IN,
+                "volumes": [f"{host_dir}:/out"],
+                "commands": [
+                    f'printf "%s" "{canary}" > /out/literal',
+                    "printf '%s' \"$CANARY\" > /out/arg",
+                ],
+                "environment": {"CANARY": "${{ args.CANARY }}"},
+            },
+        }
+    )
+    bound = bind(load_template(doc), {"CANARY": canary}, {})
+
+    result = run(compile_playbook(bound, pipeline_id=name))
+
+    assert result.status == "successful", task_results(result)
+    info = inspect(name)
+    config = info["Config"]
+    assert config["Entrypoint"] == ["/bin/sh", "-c", "sleep 3600", canary]
+    assert config["Cmd"] == [canary, canary]
+    assert config["WorkingDir"] == f"/work/{canary}"
+    assert config["Labels"]["literal"] == canary
+    assert config["Labels"]["arg"] == canary
+    assert f"CANARY={canary}" in config["Env"]
+    assert f"{host_dir}:/in/{canary}:rw" in info["HostConfig"]["Binds"]
+    assert (host_dir / "literal").read_text() == canary
+    assert (host_dir / "arg").read_text() == canary
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("container_name", "game-{{ 7 * 7 }}"),
+        ("hostname", "{{ 7 * 7 }}"),
+        ("image", "game-server:{{ 7 * 7 }}"),
+        ("ports", ["{{ 7 * 7 }}:80"]),
+    ],
+)
+def test_template_syntax_in_a_field_with_a_grammar_is_refused_by_name(
+    field: str, value: Any
+) -> None:
+    """Names, hostnames, images and ports cannot hold braces at all: the document is
+    refused naming the field, before any playbook exists."""
+    doc = service_doc("gp-it-refused", **{field: value})
+
+    with pytest.raises(ValidationError) as caught:
+        load_template(doc)
+
+    paths = [p.path for p in caught.value.problems]
+    assert any(path.startswith(f"steps[0].container.{field}") for path in paths), paths
