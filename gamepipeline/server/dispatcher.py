@@ -17,12 +17,22 @@ pipeline ending) and once a second in any case:
 
 Other threads (the HTTP API) reach the dispatcher only through ``wake``,
 ``cancel_on_node`` and ``connected_count``, which are safe to call from any thread.
+
+Nothing here waits for the disk on the event loop: the store's writer thread commits,
+in groups, and the coroutines here await it. What the dispatcher tells a node follows
+the commit of the change behind it (a registration is accepted, a pipeline handed over,
+only once recorded). Heartbeat times are the exception: they are kept in memory and
+written once per tick, since nothing is acknowledged on them (``Store.record_heartbeats``).
+
+Choosing a node takes O(log N): the connected nodes sit in a heap by free slots
+(``_FreeSlots``), which pipelines with a ``node_selector`` search by a scan instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import time
@@ -38,7 +48,7 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.errors import NotFound
 from gamepipeline.server.messages import pipeline_message
 from gamepipeline.server.metrics import Metrics
-from gamepipeline.server.store import NodeMode, PipelineRecord, Store
+from gamepipeline.server.store import NodeMode, QueuedPipeline, Store
 from gamepipeline.wire import (
     HEARTBEAT_INTERVAL_SECONDS,
     NODE_OFFLINE_AFTER_SECONDS,
@@ -117,6 +127,10 @@ class Dispatcher:
             1, min(HEARTBEAT_INTERVAL_SECONDS, int(offline_after / 3))
         )
         self._sessions: dict[str, AgentSession] = {}
+        self._free = _FreeSlots(self._sessions)
+        #: Heartbeat times (ms) not yet written, by node.
+        self._beats: dict[str, int] = {}
+        self._last_tick = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
 
@@ -150,24 +164,25 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=TICK_SECONDS)
             self._wake.clear()
             try:
-                self._check_liveness()
-                self._settle_lost_nodes()
-                self._dispatch_pending()
+                # The checks that look at every node run once a tick, not on each wake:
+                # at thousands of nodes and hundreds of submissions a second, the
+                # passes that wakes bring would spend the loop on them.
+                now = time.monotonic()
+                if now - self._last_tick >= TICK_SECONDS:
+                    self._last_tick = now
+                    await self._check_liveness()
+                    self._write_heartbeats()
+                    await self._settle_lost_nodes()
+                await self._dispatch_pending()
             except Exception:
                 log.exception("dispatch pass failed; trying again on the next tick")
 
     # sessions
 
-    def attach(self, registration: pb.AgentRegistration) -> AgentSession:
+    async def attach(self, registration: pb.AgentRegistration) -> AgentSession:
         """Register a node's new stream, ending the one it replaces."""
         node_id = registration.node_id
-        old = self._sessions.get(node_id)
-        if old is not None:
-            log.warning("node %s opened a new stream; ending the old one", node_id)
-            old.end(
-                grpc.StatusCode.ABORTED, f"replaced by a newer stream from {node_id}"
-            )
-        self._store.register_node(
+        await self._store.register_node_async(
             node_id,
             hostname=registration.hostname,
             labels=dict(registration.labels),
@@ -175,8 +190,15 @@ class Dispatcher:
             agent_version=registration.agent_version,
             protocol_version=registration.protocol_version,
         )
+        old = self._sessions.get(node_id)
+        if old is not None:
+            log.warning("node %s opened a new stream; ending the old one", node_id)
+            old.end(
+                grpc.StatusCode.ABORTED, f"replaced by a newer stream from {node_id}"
+            )
         session = AgentSession(registration)
         self._sessions[node_id] = session
+        self._free.changed(node_id)
         log.info(
             "node %s registered (host %s, capacity %d, agent %s, running %s)",
             node_id,
@@ -206,23 +228,30 @@ class Dispatcher:
         if self._sessions.get(session.node_id) is not session:
             return
         del self._sessions[session.node_id]
+        self._beats.pop(session.node_id, None)
         self._store.set_node_offline(session.node_id)
         log.info(
             "node %s went offline", session.node_id, extra=ids(node_id=session.node_id)
         )
 
-    def heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+    async def heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         session.last_heartbeat = time.monotonic()
         session.running = set(heartbeat.running_pipeline_ids)
-        self._store.record_heartbeat(session.node_id)
-        self._settle_forgotten(session)
+        self._beats[session.node_id] = self._store.now_ms()
         session.send(
             pb.PipelineStreamResponse(
                 heartbeat_ack=pb.HeartbeatAck(sent_at_ms=heartbeat.sent_at_ms)
             )
         )
+        await self._settle_forgotten(session)
 
-    def _settle_forgotten(self, session: AgentSession) -> None:
+    def _write_heartbeats(self) -> None:
+        """Write the heartbeat times gathered since the last tick, in one change."""
+        if self._beats:
+            self._store.record_heartbeats(self._beats)
+            self._beats = {}
+
+    async def _settle_forgotten(self, session: AgentSession) -> None:
         """Fail what the node holds but has stopped listing, heartbeat after heartbeat:
         its agent restarted without the run's records and no report will come."""
         missing: dict[str, int] = {}
@@ -241,7 +270,7 @@ class Dispatcher:
                 f"the agent on node {session.node_id} restarted and no longer knows "
                 "this run; its end was never reported"
             )
-            if self._store.fail_forgotten(pipeline_id, session.node_id, text):
+            if await self._store.fail_forgotten(pipeline_id, session.node_id, text):
                 log.warning(
                     "node %s no longer lists pipeline %s; failed it",
                     session.node_id,
@@ -250,8 +279,8 @@ class Dispatcher:
                 )
                 self._wake.set()
 
-    def acknowledge(self, session: AgentSession, ack: pb.PipelineAck) -> None:
-        changed = self._store.acknowledge(
+    async def acknowledge(self, session: AgentSession, ack: pb.PipelineAck) -> None:
+        changed = await self._store.acknowledge_async(
             ack.pipeline_id, session.node_id, accepted=ack.accepted, message=ack.message
         )
         if ack.accepted:
@@ -322,26 +351,43 @@ class Dispatcher:
 
     # passes
 
-    def _check_liveness(self) -> None:
+    async def _check_liveness(self) -> None:
+        """End the streams of nodes whose heartbeats stopped, once their being
+        offline is committed (the stream's end tells the agent so)."""
         now = time.monotonic()
-        for session in list(self._sessions.values()):
-            silent = now - session.last_heartbeat
-            if silent > self.offline_after:
-                log.warning(
-                    "node %s sent no heartbeat for %.0f s; marking it offline",
-                    session.node_id,
-                    silent,
-                )
-                session.end(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"no heartbeat from {session.node_id} for {silent:.0f} s",
-                )
-                self.detach(session)
+        silent = [
+            session
+            for session in self._sessions.values()
+            if now - session.last_heartbeat > self.offline_after
+        ]
+        if not silent:
+            return
+        for session in silent:
+            log.warning(
+                "node %s sent no heartbeat for %.0f s; marking it offline",
+                session.node_id,
+                now - session.last_heartbeat,
+            )
+            # Out of the table first, so that nothing is dispatched to it meanwhile.
+            del self._sessions[session.node_id]
+            self._beats.pop(session.node_id, None)
+        await self._store.set_nodes_offline([s.node_id for s in silent])
+        for session in silent:
+            session.end(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no heartbeat from {session.node_id} for "
+                f"{now - session.last_heartbeat:.0f} s",
+            )
+            log.info(
+                "node %s went offline",
+                session.node_id,
+                extra=ids(node_id=session.node_id),
+            )
 
-    def _settle_lost_nodes(self) -> None:
+    async def _settle_lost_nodes(self) -> None:
         cutoff = self._store.now_ms() - int(self.node_lost_after * 1000)
         for node_id in self._store.offline_nodes_since(cutoff):
-            outcome = self._store.settle_lost_node(node_id)
+            outcome = await self._store.settle_lost_node_async(node_id)
             log.warning(
                 "node %s is lost: failed pipelines %s, requeued %s",
                 node_id,
@@ -350,82 +396,85 @@ class Dispatcher:
                 extra=ids(node_id=node_id),
             )
 
-    def _dispatch_pending(self) -> None:
-        load = self._store.active_counts()
+    async def _dispatch_pending(self) -> None:
+        """One pass over the queue: choose a node for each pipeline, commit every
+        choice of the pass at once, then hand the pipelines over."""
+        self._free.reload(self._store.active_counts())
         closed = self._store.closed_nodes()
-        for record in self._store.pending_pipelines():
-            if record.node_assigned is not None:
-                self._resend(record)
+        chosen: list[tuple[QueuedPipeline, AgentSession]] = []
+        waiting: list[tuple[str, str]] = []
+        for queued in self._store.queued_pipelines():
+            if queued.node_assigned is not None:
+                self._resend(queued)
                 continue
-            session, waiting = self._choose(record, load, closed)
+            session, why = self._choose(queued, closed)
             if session is None:
-                if record.message != waiting:
-                    self._store.set_waiting_message(record.id, waiting)
+                if queued.message != why:
+                    waiting.append((queued.id, why))
                 continue
-            if self._store.assign(record.id, session.node_id):
-                load[session.node_id] = load.get(session.node_id, 0) + 1
-                self._hand_over(session, record.id)
-                waited = max(0, self._store.now_ms() - record.created_at_ms) / 1000
-                self._metrics.dispatch_latency.observe(waited)
+            self._free.take(session.node_id)
+            chosen.append((queued, session))
+        self._free.put_back()
+        if waiting:
+            self._store.note_waiting(waiting)
+        if not chosen:
+            return
+
+        assigned = await self._store.assign_all(
+            [(queued.id, session.node_id) for queued, session in chosen]
+        )
+        now = self._store.now_ms()
+        for (queued, session), done in zip(chosen, assigned, strict=True):
+            if not done:
+                self._free.give_back(session.node_id)
+                continue
+            self._hand_over(session, queued.id)
+            waited = max(0, now - queued.created_at_ms) / 1000
+            self._metrics.dispatch_latency.observe(waited)
 
     def _choose(
-        self,
-        record: PipelineRecord,
-        load: dict[str, int],
-        closed: dict[str, NodeMode],
+        self, queued: QueuedPipeline, closed: dict[str, NodeMode]
     ) -> tuple[AgentSession | None, str]:
         """The session to run a pipeline on, or None and why it waits."""
-        if record.node_requested is not None:
-            mode = closed.get(record.node_requested)
+        selector = queued.selector
+        if queued.node_requested is not None:
+            mode = closed.get(queued.node_requested)
             if mode is not None:
                 return None, (
-                    f"waiting for node {record.node_requested}, which is {mode}, "
+                    f"waiting for node {queued.node_requested}, which is {mode}, "
                     "to be put back in service"
                 )
-            session = self._sessions.get(record.node_requested)
+            session = self._sessions.get(queued.node_requested)
             if session is None:
-                return None, f"waiting for node {record.node_requested} to connect"
-            selector = _selector(record)
+                return None, f"waiting for node {queued.node_requested} to connect"
             if not _matches(selector, session.labels):
                 return None, (
                     f"waiting for node {session.node_id}, whose labels do not match "
                     f"the node_selector {selector}"
                 )
-            if load.get(session.node_id, 0) >= session.capacity:
+            if self._free.free(session.node_id) <= 0:
                 return None, (
                     f"waiting for a free slot on node {session.node_id} "
                     f"(all {session.capacity} in use)"
                 )
             return session, ""
-        selector = _selector(record)
-        free = [
-            (session.capacity - load.get(node_id, 0), node_id, session)
-            for node_id, session in self._sessions.items()
-            if load.get(node_id, 0) < session.capacity
-            and node_id not in closed
-            and _matches(selector, session.labels)
-        ]
-        if not free:
-            wanted = (
-                " labelled "
-                + ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
-                if selector
-                else ""
-            )
-            return (
-                None,
-                f"waiting for a connected node{wanted} in service with a free slot",
-            )
-        free.sort(key=lambda item: (-item[0], item[1]))
-        return free[0][2], ""
+        session = self._free.most_free(selector, closed)
+        if session is not None:
+            return session, ""
+        wanted = (
+            " labelled " + ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            if selector
+            else ""
+        )
+        return None, f"waiting for a connected node{wanted} in service with a free slot"
 
-    def _resend(self, record: PipelineRecord) -> None:
+    def _resend(self, queued: QueuedPipeline) -> None:
         """Hand over an assigned pipeline again on a stream that has not seen it."""
-        assert record.node_assigned is not None
-        session = self._sessions.get(record.node_assigned)
-        if session is None or record.id in session.sent or record.id in session.running:
+        assert queued.node_assigned is not None
+        session = self._sessions.get(queued.node_assigned)
+        if session is None or queued.id in session.sent or queued.id in session.running:
             return
-        self._hand_over(session, record.id)
+        self._hand_over(session, queued.id)
 
     def _hand_over(self, session: AgentSession, pipeline_id: str) -> None:
         record = self._store.get_pipeline(pipeline_id)
@@ -442,12 +491,91 @@ class Dispatcher:
         )
 
 
-def _selector(record: PipelineRecord) -> dict[str, str]:
-    """The labels a node must carry to run the pipeline (its ``node_selector``)."""
-    selector = record.document.get("node_selector") or {}
-    return {str(k): str(v) for k, v in selector.items()}
-
-
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     """Whether a node with ``labels`` carries every label of ``selector``."""
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+class _FreeSlots:
+    """Free slots per connected node, and a heap that finds the node with the most.
+
+    The heap holds ``(-free, node_id)`` entries and is never searched: an entry that no
+    longer tells a session's current free slots is dropped when it reaches the top, and
+    every change pushes a fresh one. Ties go to the lowest node id.
+    """
+
+    def __init__(self, sessions: dict[str, AgentSession]) -> None:
+        self._sessions = sessions
+        #: Pending and running pipelines per node, as of the last pass plus its choices.
+        self._load: dict[str, int] = {}
+        self._heap: list[tuple[int, str]] = []
+        #: Entries taken off the heap in this pass that are still true.
+        self._aside: list[tuple[int, str]] = []
+
+    def free(self, node_id: str) -> int:
+        session = self._sessions.get(node_id)
+        if session is None:
+            return 0
+        return session.capacity - self._load.get(node_id, 0)
+
+    def changed(self, node_id: str) -> None:
+        heapq.heappush(self._heap, (-self.free(node_id), node_id))
+
+    def reload(self, load: dict[str, int]) -> None:
+        """Take the store's count of active pipelines per node, at a pass's start."""
+        old, self._load = self._load, load
+        for node_id in old.keys() | load.keys():
+            if old.get(node_id) != load.get(node_id):
+                self.changed(node_id)
+        if len(self._heap) > 4 * len(self._sessions) + 64:
+            self._heap = [(-self.free(n), n) for n in self._sessions]
+            heapq.heapify(self._heap)
+
+    def take(self, node_id: str) -> None:
+        self._load[node_id] = self._load.get(node_id, 0) + 1
+        self.changed(node_id)
+
+    def give_back(self, node_id: str) -> None:
+        self._load[node_id] = max(0, self._load.get(node_id, 0) - 1)
+        self.changed(node_id)
+
+    def put_back(self) -> None:
+        """Return the entries set aside in this pass (closed or unmatched nodes)."""
+        for entry in self._aside:
+            heapq.heappush(self._heap, entry)
+        self._aside.clear()
+
+    def most_free(
+        self, selector: dict[str, str], closed: dict[str, NodeMode]
+    ) -> AgentSession | None:
+        """The open node with the most free slots whose labels match ``selector``."""
+        if selector:
+            return self._scan(selector, closed)
+        while self._heap:
+            negative, node_id = self._heap[0]
+            free = self.free(node_id)
+            if -negative != free or node_id not in self._sessions:
+                heapq.heappop(self._heap)  # out of date; a fresh entry exists
+                continue
+            if free <= 0:
+                return None
+            if node_id in closed:
+                self._aside.append(heapq.heappop(self._heap))
+                continue
+            return self._sessions[node_id]
+        return None
+
+    def _scan(
+        self, selector: dict[str, str], closed: dict[str, NodeMode]
+    ) -> AgentSession | None:
+        best: tuple[int, str] | None = None
+        for node_id, session in self._sessions.items():
+            free = self.free(node_id)
+            if (
+                free > 0
+                and node_id not in closed
+                and _matches(selector, session.labels)
+                and (best is None or (-free, node_id) < best)
+            ):
+                best = (-free, node_id)
+        return None if best is None else self._sessions[best[1]]

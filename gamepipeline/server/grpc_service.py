@@ -13,7 +13,9 @@ The contract is ``proto/gamepipeline.proto``; this module keeps its promises.
 
 ``UpdatePipelineStatus`` / ``UpdateStepStatus`` (unary, retried freely by the agent):
   each report is judged and, if it changes the record, committed before the answer
-  goes back. ``applied=false`` says it changed nothing, with ``duplicate=true`` for a
+  goes back. The commit happens on the store's writer thread, which groups the reports
+  that arrive together into one transaction; the handler awaits it, so the event loop
+  serves other calls meanwhile. ``applied=false`` says it changed nothing, with ``duplicate=true`` for a
   sequence number already seen; ``detail`` says why in either case. Malformed reports
   are INVALID_ARGUMENT, unknown pipelines NOT_FOUND, a report from a node other than
   the one the pipeline is assigned to PERMISSION_DENIED.
@@ -54,7 +56,7 @@ from gamepipeline.server.errors import (
 from gamepipeline.server.messages import pipeline_report, step_report
 from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.security import Security, bearer_token
-from gamepipeline.server.store import StepReport, Store
+from gamepipeline.server.store import ReportOutcome, StepReport, Store
 from gamepipeline.wire import AUTH_METADATA_KEY, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
             await context.abort(grpc_status(err), err.message)
             return
 
-        session = self._dispatcher.attach(registration)
+        session = await self._dispatcher.attach(registration)
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             while True:
@@ -161,9 +163,9 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
                 if kind == "heartbeat":
-                    self._dispatcher.heartbeat(session, request.heartbeat)
+                    await self._dispatcher.heartbeat(session, request.heartbeat)
                 elif kind == "ack":
-                    self._dispatcher.acknowledge(session, request.ack)
+                    await self._dispatcher.acknowledge(session, request.ack)
                 else:
                     session.end(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -184,7 +186,7 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
         try:
             self._authorize_report(context, request.node_id)
             report = pipeline_report(request)
-            outcome = self._store.apply_pipeline_report(report)
+            outcome = await self._store.apply_pipeline_report_async(report)
         except ServerError as err:
             self._metrics.rejected("pipeline")
             await context.abort(grpc_status(err), err.message)
@@ -204,7 +206,7 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
         try:
             self._authorize_report(context, request.node_id)
             report = step_report(request)
-            outcome = self._store.apply_step_report(report)
+            outcome = await self._store.apply_step_report_async(report)
         except ServerError as err:
             self._metrics.rejected("step")
             await context.abort(grpc_status(err), err.message)
@@ -213,19 +215,17 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
             "step", applied=outcome.applied, duplicate=outcome.duplicate
         )
         if outcome.applied and report.state.is_final:
-            self._observe_step(report)
+            self._observe_step(report, outcome)
         return pb.UpdateStepStatusResponse(
             applied=outcome.applied, duplicate=outcome.duplicate, detail=outcome.detail
         )
 
-    def _observe_step(self, report: StepReport) -> None:
+    def _observe_step(self, report: StepReport, outcome: ReportOutcome) -> None:
         """Time a step that just ended, if it ever started."""
-        steps = self._store.get_steps(report.pipeline_id)
-        step = steps[report.step_index]
-        if step.started_at_ms is None or step.finished_at_ms is None:
-            return
-        seconds = max(0, step.finished_at_ms - step.started_at_ms) / 1000
-        self._metrics.step_duration.labels(step.type, step.state.value).observe(seconds)
+        if outcome.step_seconds is not None:
+            self._metrics.step_duration.labels(
+                outcome.step_type, report.state.value
+            ).observe(outcome.step_seconds)
 
 
 async def _registration(

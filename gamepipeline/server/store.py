@@ -2,9 +2,13 @@
 
 Every state change is committed before the caller acknowledges it, so a server killed at
 any point restarts from exactly what it told its clients. The database runs in WAL mode
-(readers never block the writer) and each thread has its own connection. A change that
-reads a record and writes it back runs in one ``BEGIN IMMEDIATE`` transaction: two
-threads never judge a report against the same stale record.
+(readers never block the writer) and each thread has its own connection for reading.
+Every change is a job for the one writer thread (``writer``), which commits the jobs
+queued together in one transaction and one ``fsync``, and answers each caller only
+after that commit. A change that reads a record and writes it back reads it in the
+writer's transaction, so no two changes judge a report against the same stale record.
+Each change method waits for its commit; the ``*_async`` twins await it from a
+coroutine, so the gRPC event loop never waits for the disk.
 
 The state rules live in ``gamepipeline.pipeline.states``; this module applies their
 verdicts and says nothing about the wire.
@@ -19,11 +23,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlite_utils import Database
 
@@ -40,8 +45,11 @@ from gamepipeline.pipeline.states import (
 )
 from gamepipeline.server.errors import Conflict, InvalidRequest, NotFound, WrongNode
 from gamepipeline.server.sealing import SecretBox, names_only
+from gamepipeline.server.writer import Writer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Bumped when the tables change shape; kept in ``PRAGMA user_version``.
 SCHEMA_VERSION: Final = 1
@@ -179,6 +187,10 @@ class ReportOutcome:
     applied: bool
     duplicate: bool
     detail: str
+    #: A step report that ended a step which had started: the step's type and how
+    #: long it ran, in seconds.
+    step_type: str = ""
+    step_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,30 @@ class CancelOutcome:
 class NodeLossOutcome:
     failed: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueuedPipeline:
+    """A pending pipeline as the dispatcher sees it: where it may run, not what."""
+
+    id: str
+    node_requested: str | None
+    node_assigned: str | None
+    message: str
+    created_at_ms: int
+    #: The labels a node must carry to run it (its document's ``node_selector``).
+    selector: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _ReportedPipeline:
+    """What judging a report needs of its pipeline."""
+
+    id: str
+    state: PipelineState
+    last_sequence: int
+    started_at_ms: int | None
+    env_values: str
 
 
 # --- the store --------------------------------------------------------------------------
@@ -216,7 +252,9 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._create_schema()
+        # Every change goes through one writer thread, which commits them in groups.
+        self._writer = Writer(self._db)
+        self._writer.run(self._create_schema)
 
     def now_ms(self) -> int:
         """The store's clock, in which every timestamp it keeps is written."""
@@ -232,7 +270,7 @@ class Store:
     def _db(self) -> Database:
         db: Database | None = getattr(self._local, "db", None)
         if db is None:
-            # isolation_level=None: no implicit transactions; _write() opens its own.
+            # isolation_level=None: no implicit transactions; the writer opens its own.
             conn = sqlite3.connect(
                 self.path,
                 timeout=BUSY_TIMEOUT_SECONDS,
@@ -251,100 +289,109 @@ class Store:
                 self._connections.append(conn)
         return db
 
-    @contextmanager
-    def _write(self) -> Iterator[Database]:
-        """One transaction that takes the write lock up front; committed on success."""
-        db = self._db()
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
-        db.conn.execute("COMMIT")
+    def _commit(self, job: Callable[[Database], T]) -> T:
+        """Run ``job`` on the writer and wait until its changes are committed."""
+        return self._writer.run(job)
+
+    async def _commit_async(self, job: Callable[[Database], T]) -> T:
+        """``_commit`` for a coroutine: the event loop runs on while it waits."""
+        return await self._writer.run_async(job)
+
+    def _commit_later(self, job: Callable[[Database], object], what: str) -> None:
+        """Queue a change nobody waits for (nothing is acknowledged on it); a
+        failure is logged."""
+
+        def check(future: Future[object]) -> None:
+            if future.exception() is not None:
+                log.error("could not record %s: %s", what, future.exception())
+
+        self._writer.submit(job).add_done_callback(check)
 
     def close(self) -> None:
-        """Close every thread's connection; call once no thread uses the store."""
+        """Commit what is queued and close every thread's connection; call once no
+        thread uses the store."""
+        self._writer.close()
         with self._lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
 
-    def _create_schema(self) -> None:
-        with self._write() as db:
-            db.table("pipelines").create(
-                {
-                    "id": str,
-                    "model": str,
-                    "name": str,
-                    "description": str,
-                    "document": str,
-                    "declared_args": str,
-                    "declared_envs": str,
-                    "arg_values": str,
-                    "env_values": str,
-                    "node_requested": str,
-                    "node_assigned": str,
-                    "state": str,
-                    "reason": str,
-                    "message": str,
-                    "current_step": int,
-                    "cancel_requested": int,
-                    "acknowledged": int,
-                    "timeout_seconds": int,
-                    "created_at_ms": int,
-                    "started_at_ms": int,
-                    "finished_at_ms": int,
-                    "last_sequence": int,
-                },
-                pk="id",
-                not_null={"name", "state", "document", "created_at_ms"},
-                if_not_exists=True,
+    def _create_schema(self, db: Database) -> None:
+        db.table("pipelines").create(
+            {
+                "id": str,
+                "model": str,
+                "name": str,
+                "description": str,
+                "document": str,
+                "declared_args": str,
+                "declared_envs": str,
+                "arg_values": str,
+                "env_values": str,
+                "node_requested": str,
+                "node_assigned": str,
+                "state": str,
+                "reason": str,
+                "message": str,
+                "current_step": int,
+                "cancel_requested": int,
+                "acknowledged": int,
+                "timeout_seconds": int,
+                "created_at_ms": int,
+                "started_at_ms": int,
+                "finished_at_ms": int,
+                "last_sequence": int,
+            },
+            pk="id",
+            not_null={"name", "state", "document", "created_at_ms"},
+            if_not_exists=True,
+        )
+        db.table("steps").create(
+            {
+                "pipeline_id": str,
+                "idx": int,
+                "name": str,
+                "type": str,
+                "state": str,
+                "reason": str,
+                "message": str,
+                "exit_code": int,
+                "output_tail": str,
+                "started_at_ms": int,
+                "finished_at_ms": int,
+            },
+            pk=("pipeline_id", "idx"),
+            foreign_keys=[("pipeline_id", "pipelines", "id")],
+            if_not_exists=True,
+        )
+        db.table("nodes").create(
+            {
+                "node_id": str,
+                "hostname": str,
+                "labels": str,
+                "capacity": int,
+                "agent_version": str,
+                "protocol_version": int,
+                "online": int,
+                "connected_at_ms": int,
+                "last_heartbeat_ms": int,
+                "offline_since_ms": int,
+            },
+            pk="node_id",
+            if_not_exists=True,
+        )
+        # Added after the first release: databases made before it gain the column.
+        if "mode" not in db.table("nodes").columns_dict:
+            db.table("nodes").add_column(
+                "mode", str, not_null_default=NodeMode.ACTIVE.value
             )
-            db.table("steps").create(
-                {
-                    "pipeline_id": str,
-                    "idx": int,
-                    "name": str,
-                    "type": str,
-                    "state": str,
-                    "reason": str,
-                    "message": str,
-                    "exit_code": int,
-                    "output_tail": str,
-                    "started_at_ms": int,
-                    "finished_at_ms": int,
-                },
-                pk=("pipeline_id", "idx"),
-                foreign_keys=[("pipeline_id", "pipelines", "id")],
-                if_not_exists=True,
-            )
-            db.table("nodes").create(
-                {
-                    "node_id": str,
-                    "hostname": str,
-                    "labels": str,
-                    "capacity": int,
-                    "agent_version": str,
-                    "protocol_version": int,
-                    "online": int,
-                    "connected_at_ms": int,
-                    "last_heartbeat_ms": int,
-                    "offline_since_ms": int,
-                },
-                pk="node_id",
-                if_not_exists=True,
-            )
-            # Added after the first release: databases made before it gain the column.
-            if "mode" not in db.table("nodes").columns_dict:
-                db.table("nodes").add_column(
-                    "mode", str, not_null_default=NodeMode.ACTIVE.value
-                )
-            pipelines = db.table("pipelines")
-            pipelines.create_index(["state", "created_at_ms"], if_not_exists=True)
-            pipelines.create_index(["node_assigned", "state"], if_not_exists=True)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        pipelines = db.table("pipelines")
+        pipelines.create_index(["state", "created_at_ms"], if_not_exists=True)
+        pipelines.create_index(["node_assigned", "state"], if_not_exists=True)
+        # The dispatcher asks for the few nodes not in service on every pass.
+        db.table("nodes").create_index(["mode"], if_not_exists=True)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # pipelines: submission and reading
 
@@ -352,49 +399,52 @@ class Store:
         """Store a pipeline and its steps in one transaction; answer its id."""
         pipeline_id = uuid.uuid4().hex
         now = self._clock()
-        with self._write() as db:
-            db.table("pipelines").insert(
-                {
-                    "id": pipeline_id,
-                    "model": new.model,
-                    "name": new.name,
-                    "description": new.description,
-                    "document": json.dumps(new.document, ensure_ascii=False),
-                    "declared_args": json.dumps(new.declared_args),
-                    "declared_envs": json.dumps(new.declared_envs),
-                    "arg_values": json.dumps(new.arg_values, ensure_ascii=False),
-                    "env_values": json.dumps(self._box.seal(new.env_values)),
-                    "node_requested": new.node_requested,
-                    "node_assigned": None,
-                    "state": PipelineState.PENDING.value,
-                    "reason": EndReason.NONE.value,
-                    "message": "",
-                    "current_step": -1,
-                    "cancel_requested": 0,
-                    "acknowledged": 0,
-                    "timeout_seconds": new.timeout_seconds,
-                    "created_at_ms": now,
-                    "started_at_ms": None,
-                    "finished_at_ms": None,
-                    "last_sequence": 0,
-                }
-            )
-            db.table("steps").insert_all(
-                {
-                    "pipeline_id": pipeline_id,
-                    "idx": index,
-                    "name": name,
-                    "type": step_type,
-                    "state": StepState.PENDING.value,
-                    "reason": EndReason.NONE.value,
-                    "message": "",
-                    "exit_code": None,
-                    "output_tail": "",
-                    "started_at_ms": None,
-                    "finished_at_ms": None,
-                }
-                for index, (name, step_type) in enumerate(new.steps)
-            )
+        row = {
+            "id": pipeline_id,
+            "model": new.model,
+            "name": new.name,
+            "description": new.description,
+            "document": json.dumps(new.document, ensure_ascii=False),
+            "declared_args": json.dumps(new.declared_args),
+            "declared_envs": json.dumps(new.declared_envs),
+            "arg_values": json.dumps(new.arg_values, ensure_ascii=False),
+            "env_values": json.dumps(self._box.seal(new.env_values)),
+            "node_requested": new.node_requested,
+            "node_assigned": None,
+            "state": PipelineState.PENDING.value,
+            "reason": EndReason.NONE.value,
+            "message": "",
+            "current_step": -1,
+            "cancel_requested": 0,
+            "acknowledged": 0,
+            "timeout_seconds": new.timeout_seconds,
+            "created_at_ms": now,
+            "started_at_ms": None,
+            "finished_at_ms": None,
+            "last_sequence": 0,
+        }
+        steps = [
+            {
+                "pipeline_id": pipeline_id,
+                "idx": index,
+                "name": name,
+                "type": step_type,
+                "state": StepState.PENDING.value,
+                "reason": EndReason.NONE.value,
+                "message": "",
+                "exit_code": None,
+                "output_tail": "",
+                "started_at_ms": None,
+                "finished_at_ms": None,
+            }
+            for index, (name, step_type) in enumerate(new.steps)
+        ]
+
+        def insert(db: Database) -> None:
+            db.table("pipelines").insert(row)
+            db.table("steps").insert_all(steps)
+
+        self._commit(insert)
         log.info(
             "stored pipeline %s (%s, %d steps)",
             pipeline_id,
@@ -442,14 +492,6 @@ class Store:
         )
         return [self._record(row) for row in self._db().query(sql, [*params, limit])]
 
-    def pending_pipelines(self) -> list[PipelineRecord]:
-        """Pending pipelines, oldest first: the dispatcher's queue."""
-        rows = self._db().query(
-            "SELECT * FROM pipelines WHERE state = ? ORDER BY created_at_ms, rowid",
-            [PipelineState.PENDING.value],
-        )
-        return [self._record(row) for row in rows]
-
     def count_by_state_and_template(self) -> dict[tuple[str, str], int]:
         """How many pipelines are in each (state, template name) pair."""
         rows = self._db().query(
@@ -487,23 +529,45 @@ class Store:
 
     # pipelines: dispatch
 
+    def queued_pipelines(self) -> list[QueuedPipeline]:
+        """Pending pipelines, oldest first, with only what dispatch looks at: the
+        dispatcher's queue. No document is decoded; its ``node_selector`` is read by
+        SQLite."""
+        rows = self._db().conn.execute(
+            "SELECT id, node_requested, node_assigned, message, created_at_ms, "
+            "json_extract(document, '$.node_selector') FROM pipelines "
+            "WHERE state = ? ORDER BY created_at_ms, rowid",
+            [PipelineState.PENDING.value],
+        )
+        return [
+            QueuedPipeline(
+                id=row[0],
+                node_requested=row[1],
+                node_assigned=row[2],
+                message=row[3] or "",
+                created_at_ms=row[4],
+                selector=_selector(row[5]),
+            )
+            for row in rows
+        ]
+
     def assign(self, pipeline_id: str, node_id: str) -> bool:
         """Give a pending, unassigned pipeline to a node; False if it no longer is one."""
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE pipelines SET node_assigned = ?, message = '' "
-                "WHERE id = ? AND state = ? AND node_assigned IS NULL",
-                [node_id, pipeline_id, PipelineState.PENDING.value],
-            )
-            return cursor.rowcount == 1
+        return self._commit(_assign_job([(pipeline_id, node_id)]))[0]
+
+    async def assign_all(self, assignments: Sequence[tuple[str, str]]) -> list[bool]:
+        """``assign`` for each ``(pipeline_id, node_id)``, committed together."""
+        return await self._commit_async(_assign_job(assignments))
 
     def set_waiting_message(self, pipeline_id: str, message: str) -> None:
         """Say why a pending pipeline has not been dispatched yet."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE pipelines SET message = ? WHERE id = ? AND state = ?",
-                [message, pipeline_id, PipelineState.PENDING.value],
-            )
+        self._commit(_waiting_job([(pipeline_id, message)]))
+
+    def note_waiting(self, messages: Sequence[tuple[str, str]]) -> None:
+        """``set_waiting_message`` for each ``(pipeline_id, message)``, without
+        waiting: the message only explains a wait, and the next pass writes it again
+        if it is lost."""
+        self._commit_later(_waiting_job(messages), "why pipelines wait")
 
     def acknowledge(
         self, pipeline_id: str, node_id: str, *, accepted: bool, message: str
@@ -513,181 +577,183 @@ class Store:
         Answers whether the record changed. An answer from a node the pipeline is not
         assigned to, or about a pipeline that already ended, changes nothing.
         """
-        with self._write() as db:
-            row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
-            if row is None or row["node_assigned"] != node_id:
-                return False
-            record = self._record(row)
-            if record.state.is_final:
+        return self._commit(
+            self._acknowledge_job(pipeline_id, node_id, accepted, message)
+        )
+
+    async def acknowledge_async(
+        self, pipeline_id: str, node_id: str, *, accepted: bool, message: str
+    ) -> bool:
+        """``acknowledge`` for a coroutine."""
+        job = self._acknowledge_job(pipeline_id, node_id, accepted, message)
+        return await self._commit_async(job)
+
+    def _acknowledge_job(
+        self, pipeline_id: str, node_id: str, accepted: bool, message: str
+    ) -> Callable[[Database], bool]:
+        def job(db: Database) -> bool:
+            row = db.conn.execute(
+                "SELECT node_assigned, state FROM pipelines WHERE id = ?",
+                [pipeline_id],
+            ).fetchone()
+            if row is None or row[0] != node_id or PipelineState(row[1]).is_final:
                 return False
             if accepted:
-                db.table("pipelines").update(pipeline_id, {"acknowledged": 1})
+                db.conn.execute(
+                    "UPDATE pipelines SET acknowledged = 1 WHERE id = ?", [pipeline_id]
+                )
                 return True
             text = (
                 f"node {node_id} refused the pipeline: {message or 'no reason given'}"
             )
-            self._end(db, record, PipelineState.FAILED, EndReason.REJECTED, text)
+            self._end(db, pipeline_id, PipelineState.FAILED, EndReason.REJECTED, text)
             return True
+
+        return job
 
     # pipelines: reports from agents
 
     def apply_pipeline_report(self, report: PipelineReport) -> ReportOutcome:
         """Judge and apply an agent's report on a pipeline's overall state."""
-        with self._write() as db:
-            record = self._reported_pipeline(db, report.node_id, report.pipeline_id)
-            if judge_sequence(record.last_sequence, report.sequence) is (
-                SequenceVerdict.DUPLICATE
-            ):
-                return _duplicate(record, report.sequence)
+        outcome = self._commit(lambda db: self._pipeline_report_job(db, report))
+        _log_report(report, outcome)
+        return outcome
 
-            judgement = judge_pipeline_move(
-                record.state, report.state, what=f"pipeline {record.id}"
-            )
-            changes: dict[str, Any] = {"last_sequence": report.sequence}
-            if judgement.applies:
-                at = report.timestamp_ms or self._clock()
-                changes |= {
-                    "state": report.state.value,
-                    "reason": report.reason.value,
-                    "message": report.message[:MESSAGE_LIMIT],
-                }
-                if (
-                    report.state is PipelineState.RUNNING
-                    or record.started_at_ms is None
-                ):
-                    changes["started_at_ms"] = at
-                if report.state.is_final:
-                    changes |= {
-                        "finished_at_ms": at,
-                        "current_step": -1,
-                        "env_values": json.dumps(names_only(record.env_values)),
-                    }
-            db.table("pipelines").update(record.id, changes)
-        _log_outcome(
-            report.pipeline_id,
-            report.node_id,
-            judgement.applies,
-            judgement.detail,
-            sequence=report.sequence,
+    async def apply_pipeline_report_async(
+        self, report: PipelineReport
+    ) -> ReportOutcome:
+        """``apply_pipeline_report`` for a coroutine."""
+        job = partial(self._pipeline_report_job, report=report)
+        outcome = await self._commit_async(job)
+        _log_report(report, outcome)
+        return outcome
+
+    def _pipeline_report_job(
+        self, db: Database, report: PipelineReport
+    ) -> ReportOutcome:
+        head = _reported_pipeline(db, report.node_id, report.pipeline_id)
+        if judge_sequence(head.last_sequence, report.sequence) is (
+            SequenceVerdict.DUPLICATE
+        ):
+            return _duplicate(head, report.sequence)
+
+        judgement = judge_pipeline_move(
+            head.state, report.state, what=f"pipeline {head.id}"
         )
+        changes: dict[str, Any] = {"last_sequence": report.sequence}
+        if judgement.applies:
+            at = report.timestamp_ms or self._clock()
+            changes |= {
+                "state": report.state.value,
+                "reason": report.reason.value,
+                "message": report.message[:MESSAGE_LIMIT],
+            }
+            if report.state is PipelineState.RUNNING or head.started_at_ms is None:
+                changes["started_at_ms"] = at
+            if report.state.is_final:
+                changes |= {
+                    "finished_at_ms": at,
+                    "current_step": -1,
+                    "env_values": self._names_only(head.env_values),
+                }
+        _update(db, "pipelines", {"id": head.id}, changes)
         return ReportOutcome(judgement.applies, False, judgement.detail)
 
     def apply_step_report(self, report: StepReport) -> ReportOutcome:
         """Judge and apply an agent's report on one step."""
-        with self._write() as db:
-            record = self._reported_pipeline(db, report.node_id, report.pipeline_id)
-            steps = [
-                _step(r)
-                for r in db.query(
-                    "SELECT * FROM steps WHERE pipeline_id = ? ORDER BY idx",
-                    [record.id],
-                )
-            ]
-            if not 0 <= report.step_index < len(steps):
-                raise InvalidRequest(
-                    f"step_index {report.step_index} is out of range for pipeline "
-                    f"{record.id}, which has {len(steps)} steps (0..{len(steps) - 1})"
-                )
-            if judge_sequence(record.last_sequence, report.sequence) is (
-                SequenceVerdict.DUPLICATE
-            ):
-                return _duplicate(record, report.sequence)
+        outcome = self._commit(lambda db: self._step_report_job(db, report))
+        _log_report(report, outcome)
+        return outcome
 
-            step = steps[report.step_index]
-            judgement = judge_step_move(
-                step.state,
-                report.state,
-                what=f"step {step.index} of pipeline {record.id}",
-            )
-            pipeline_changes: dict[str, Any] = {"last_sequence": report.sequence}
-            if judgement.applies:
-                at = report.timestamp_ms or self._clock()
-                self._apply_step_change(db, step, report, at)
-                if report.state is StepState.RUNNING and not record.state.is_final:
-                    pipeline_changes["current_step"] = step.index
-                if report.state is StepState.RUNNING and (
-                    record.state is PipelineState.PENDING
-                ):
-                    # The step's start says the pipeline started, report or no report.
-                    pipeline_changes |= {
-                        "state": PipelineState.RUNNING.value,
-                        "started_at_ms": at,
-                    }
-            db.table("pipelines").update(record.id, pipeline_changes)
-        _log_outcome(
-            report.pipeline_id,
-            report.node_id,
-            judgement.applies,
-            judgement.detail,
-            step=report.step_index,
-            sequence=report.sequence,
+    async def apply_step_report_async(self, report: StepReport) -> ReportOutcome:
+        """``apply_step_report`` for a coroutine."""
+        outcome = await self._commit_async(
+            partial(self._step_report_job, report=report)
         )
-        return ReportOutcome(judgement.applies, False, judgement.detail)
+        _log_report(report, outcome)
+        return outcome
 
-    def _apply_step_change(
-        self, db: Database, step: StepRecord, report: StepReport, at: int
-    ) -> None:
-        changes: dict[str, Any] = {
-            "state": report.state.value,
-            "reason": report.reason.value,
-            "message": report.message[:MESSAGE_LIMIT],
-        }
-        if report.output_tail:
-            changes["output_tail"] = report.output_tail[-OUTPUT_TAIL_LIMIT:]
-        if report.exit_code is not None:
-            changes["exit_code"] = report.exit_code
-        if report.state is StepState.RUNNING:
-            changes["started_at_ms"] = at
-        if report.state.is_final:
-            changes["finished_at_ms"] = at
-        db.table("steps").update((step.pipeline_id, step.index), changes)
-
-    def _reported_pipeline(
-        self, db: Database, node_id: str, pipeline_id: str
-    ) -> PipelineRecord:
-        row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
+    def _step_report_job(self, db: Database, report: StepReport) -> ReportOutcome:
+        head = _reported_pipeline(db, report.node_id, report.pipeline_id)
+        # Only the step reported on is read; the count only to explain a bad index.
+        row = db.conn.execute(
+            "SELECT state, type, started_at_ms FROM steps "
+            "WHERE pipeline_id = ? AND idx = ?",
+            [head.id, report.step_index],
+        ).fetchone()
         if row is None:
-            raise _pipeline_not_found(pipeline_id)
-        record = self._record(row)
-        if record.node_assigned != node_id:
-            owner = (
-                f"node {record.node_assigned}" if record.node_assigned else "no node"
+            (count,) = db.conn.execute(
+                "SELECT COUNT(*) FROM steps WHERE pipeline_id = ?", [head.id]
+            ).fetchone()
+            raise InvalidRequest(
+                f"step_index {report.step_index} is out of range for pipeline "
+                f"{head.id}, which has {count} steps (0..{count - 1})"
             )
-            raise WrongNode(
-                f"pipeline {pipeline_id} is assigned to {owner}, not to node {node_id}; "
-                "only the node it was dispatched to may report on it"
-            )
-        return record
+        if judge_sequence(head.last_sequence, report.sequence) is (
+            SequenceVerdict.DUPLICATE
+        ):
+            return _duplicate(head, report.sequence)
+
+        judgement = judge_step_move(
+            StepState(row[0]),
+            report.state,
+            what=f"step {report.step_index} of pipeline {head.id}",
+        )
+        pipeline_changes: dict[str, Any] = {"last_sequence": report.sequence}
+        ran: float | None = None
+        if judgement.applies:
+            at = report.timestamp_ms or self._clock()
+            _apply_step_change(db, report, at)
+            if report.state.is_final and row[2] is not None:
+                ran = max(0, at - row[2]) / 1000
+            if report.state is StepState.RUNNING and not head.state.is_final:
+                pipeline_changes["current_step"] = report.step_index
+            if report.state is StepState.RUNNING and (
+                head.state is PipelineState.PENDING
+            ):
+                # The step's start says the pipeline started, report or no report.
+                pipeline_changes |= {
+                    "state": PipelineState.RUNNING.value,
+                    "started_at_ms": at,
+                }
+        _update(db, "pipelines", {"id": head.id}, pipeline_changes)
+        return ReportOutcome(
+            judgement.applies, False, judgement.detail, row[1] or "", ran
+        )
 
     # pipelines: endings decided by the server
 
     def cancel(self, pipeline_id: str) -> CancelOutcome:
         """Cancel a pipeline: at once when pending, through its node when running."""
-        with self._write() as db:
-            row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
+
+        def job(db: Database) -> CancelOutcome:
+            row = db.conn.execute(
+                "SELECT state, node_assigned FROM pipelines WHERE id = ?",
+                [pipeline_id],
+            ).fetchone()
             if row is None:
                 raise _pipeline_not_found(pipeline_id)
-            record = self._record(row)
-            if record.state.is_final:
+            state, node_assigned = PipelineState(row[0]), row[1]
+            if state.is_final:
                 raise Conflict(
-                    f"pipeline {pipeline_id} already ended {record.state}; only a "
+                    f"pipeline {pipeline_id} already ended {state}; only a "
                     "pending or running pipeline can be canceled"
                 )
-            db.table("pipelines").update(pipeline_id, {"cancel_requested": 1})
-            if record.state is PipelineState.RUNNING:
-                return CancelOutcome(
-                    record.state, record.node_assigned, ended_now=False
-                )
+            db.conn.execute(
+                "UPDATE pipelines SET cancel_requested = 1 WHERE id = ?", [pipeline_id]
+            )
+            if state is PipelineState.RUNNING:
+                return CancelOutcome(state, node_assigned, ended_now=False)
             self._end(
                 db,
-                record,
+                pipeline_id,
                 PipelineState.CANCELED,
                 EndReason.CANCELED,
                 "canceled before it started",
             )
-        return CancelOutcome(
-            PipelineState.CANCELED, record.node_assigned, ended_now=True
-        )
+            return CancelOutcome(PipelineState.CANCELED, node_assigned, ended_now=True)
+
+        return self._commit(job)
 
     def settle_lost_node(self, node_id: str) -> NodeLossOutcome:
         """A node stayed away past its grace period: settle what it held.
@@ -695,68 +761,103 @@ class Store:
         Running pipelines, and pending ones the node had acknowledged, fail with the
         reason ``node_lost``. Pending ones it never acknowledged go back to the queue.
         """
-        outcome = NodeLossOutcome()
-        with self._write() as db:
-            rows = db.query(
-                "SELECT * FROM pipelines WHERE node_assigned = ? AND state IN (?, ?)",
+        return self._commit(self._settle_job(node_id))
+
+    async def settle_lost_node_async(self, node_id: str) -> NodeLossOutcome:
+        """``settle_lost_node`` for a coroutine."""
+        return await self._commit_async(self._settle_job(node_id))
+
+    def _settle_job(self, node_id: str) -> Callable[[Database], NodeLossOutcome]:
+        def job(db: Database) -> NodeLossOutcome:
+            outcome = NodeLossOutcome()
+            rows = db.conn.execute(
+                "SELECT id, state, acknowledged FROM pipelines "
+                "WHERE node_assigned = ? AND state IN (?, ?)",
                 [node_id, *_ACTIVE],
-            )
-            for record in [self._record(row) for row in rows]:
-                if record.state is PipelineState.PENDING and not record.acknowledged:
-                    db.table("pipelines").update(record.id, {"node_assigned": None})
-                    outcome.requeued.append(record.id)
+            ).fetchall()
+            for pipeline_id, state, acknowledged in rows:
+                if state == PipelineState.PENDING.value and not acknowledged:
+                    db.conn.execute(
+                        "UPDATE pipelines SET node_assigned = NULL WHERE id = ?",
+                        [pipeline_id],
+                    )
+                    outcome.requeued.append(pipeline_id)
                     continue
                 text = f"node {node_id} stopped answering and did not come back in time"
-                self._end(db, record, PipelineState.FAILED, EndReason.NODE_LOST, text)
-                outcome.failed.append(record.id)
-        return outcome
+                self._end(
+                    db, pipeline_id, PipelineState.FAILED, EndReason.NODE_LOST, text
+                )
+                outcome.failed.append(pipeline_id)
+            return outcome
 
-    def fail_forgotten(self, pipeline_id: str, node_id: str, message: str) -> bool:
+        return job
+
+    async def fail_forgotten(
+        self, pipeline_id: str, node_id: str, message: str
+    ) -> bool:
         """Fail a pipeline its node says it neither runs nor reports on any more (its
         agent restarted without the run's records); False if it ended meanwhile."""
-        with self._write() as db:
-            row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
-            if row is None:
-                return False
-            record = _pipeline(row)
-            if record.node_assigned != node_id or record.state.is_final:
+
+        def job(db: Database) -> bool:
+            row = db.conn.execute(
+                "SELECT node_assigned, state FROM pipelines WHERE id = ?",
+                [pipeline_id],
+            ).fetchone()
+            if row is None or row[0] != node_id or PipelineState(row[1]).is_final:
                 return False
             self._end(
-                db, record, PipelineState.FAILED, EndReason.AGENT_RESTARTED, message
+                db,
+                pipeline_id,
+                PipelineState.FAILED,
+                EndReason.AGENT_RESTARTED,
+                message,
             )
-        return True
+            return True
+
+        return await self._commit_async(job)
+
+    def _names_only(self, stored: str) -> str:
+        """What is kept of stored env values once a run ended: their names."""
+        return json.dumps(names_only(self._box.open(json.loads(stored))))
 
     def _end(
         self,
         db: Database,
-        record: PipelineRecord,
+        pipeline_id: str,
         state: PipelineState,
         reason: EndReason,
         message: str,
     ) -> None:
         """End a pipeline no agent will report on, and its unfinished steps with it."""
         now = self._clock()
-        db.table("pipelines").update(
-            record.id,
+        (env_values,) = db.conn.execute(
+            "SELECT env_values FROM pipelines WHERE id = ?", [pipeline_id]
+        ).fetchone()
+        _update(
+            db,
+            "pipelines",
+            {"id": pipeline_id},
             {
                 "state": state.value,
                 "reason": reason.value,
                 "message": message,
                 "finished_at_ms": now,
                 "current_step": -1,
-                "env_values": json.dumps(names_only(record.env_values)),
+                "env_values": self._names_only(env_values),
             },
         )
         states = [
-            StepState(row["state"])
-            for row in db.query(
+            StepState(row[0])
+            for row in db.conn.execute(
                 "SELECT state FROM steps WHERE pipeline_id = ? ORDER BY idx",
-                [record.id],
+                [pipeline_id],
             )
         ]
         for index, step_state, step_reason in steps_after_end(states, reason):
-            db.table("steps").update(
-                (record.id, index),
+            _update(
+                db,
+                "steps",
+                {"pipeline_id": pipeline_id, "idx": index},
                 {
                     "state": step_state.value,
                     "reason": step_reason.value,
@@ -777,42 +878,110 @@ class Store:
         agent_version: str,
         protocol_version: int,
     ) -> None:
+        self._commit(
+            self._register_job(
+                node_id, hostname, labels, capacity, agent_version, protocol_version
+            )
+        )
+
+    async def register_node_async(
+        self,
+        node_id: str,
+        *,
+        hostname: str,
+        labels: Mapping[str, str],
+        capacity: int,
+        agent_version: str,
+        protocol_version: int,
+    ) -> None:
+        """``register_node`` for a coroutine."""
+        await self._commit_async(
+            self._register_job(
+                node_id, hostname, labels, capacity, agent_version, protocol_version
+            )
+        )
+
+    def _register_job(
+        self,
+        node_id: str,
+        hostname: str,
+        labels: Mapping[str, str],
+        capacity: int,
+        agent_version: str,
+        protocol_version: int,
+    ) -> Callable[[Database], None]:
         now = self._clock()
-        with self._write() as db:
-            db.table("nodes").upsert(
-                {
-                    "node_id": node_id,
-                    "hostname": hostname,
-                    "labels": json.dumps(dict(labels), ensure_ascii=False),
-                    "capacity": capacity,
-                    "agent_version": agent_version,
-                    "protocol_version": protocol_version,
-                    "online": 1,
-                    "connected_at_ms": now,
-                    "last_heartbeat_ms": now,
-                    "offline_since_ms": None,
-                },
-                pk="node_id",
+        values = [
+            node_id,
+            hostname,
+            json.dumps(dict(labels), ensure_ascii=False),
+            capacity,
+            agent_version,
+            protocol_version,
+            now,
+            now,
+        ]
+
+        def job(db: Database) -> None:
+            # An upsert that keeps what registration does not say (the node's mode).
+            db.conn.execute(
+                "INSERT INTO nodes (node_id, hostname, labels, capacity, "
+                "agent_version, protocol_version, online, connected_at_ms, "
+                "last_heartbeat_ms, offline_since_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, NULL) "
+                "ON CONFLICT (node_id) DO UPDATE SET hostname = excluded.hostname, "
+                "labels = excluded.labels, capacity = excluded.capacity, "
+                "agent_version = excluded.agent_version, "
+                "protocol_version = excluded.protocol_version, online = 1, "
+                "connected_at_ms = excluded.connected_at_ms, "
+                "last_heartbeat_ms = excluded.last_heartbeat_ms, "
+                "offline_since_ms = NULL",
+                values,
             )
 
+        return job
+
+    def record_heartbeats(self, beats: Mapping[str, int]) -> None:
+        """Write each node's last heartbeat time (``node_id`` → ms), without waiting.
+
+        A heartbeat's time is not a state change: nothing is acknowledged on it, the
+        server judges liveness from its own memory, and after a restart every node is
+        offline until it registers again. So these writes are queued and a crash may
+        lose the last second of them; the API then shows a slightly older time.
+        """
+        rows = [(at, node_id) for node_id, at in beats.items()]
+
+        def job(db: Database) -> None:
+            db.conn.executemany(
+                "UPDATE nodes SET last_heartbeat_ms = ? WHERE node_id = ?", rows
+            )
+
+        self._commit_later(job, "heartbeats")
+
     def record_heartbeat(self, node_id: str) -> None:
-        with self._write() as db:
-            db.execute(
+        """Write one node's heartbeat time and wait until it is committed."""
+        self._commit(
+            lambda db: db.conn.execute(
                 "UPDATE nodes SET last_heartbeat_ms = ? WHERE node_id = ?",
                 [self._clock(), node_id],
             )
+        )
 
     def set_node_offline(self, node_id: str) -> None:
-        with self._write() as db:
-            db.execute(
-                "UPDATE nodes SET online = 0, offline_since_ms = ? "
-                "WHERE node_id = ? AND online = 1",
-                [self._clock(), node_id],
-            )
+        """Mark a node offline, without waiting: its stream already ended, and
+        after a restart every node starts offline anyway."""
+        self._commit_later(
+            _offline_job([node_id], self._clock()), f"node {node_id} going offline"
+        )
+
+    async def set_nodes_offline(self, node_ids: Sequence[str]) -> None:
+        """Mark nodes offline and wait until it is committed."""
+        await self._commit_async(_offline_job(node_ids, self._clock()))
 
     def mark_all_nodes_offline(self) -> list[str]:
         """At start-up no agent is connected yet: every node is offline until it is."""
-        with self._write() as db:
+
+        def job(db: Database) -> list[str]:
             ids = [
                 r["node_id"]
                 for r in db.query("SELECT node_id FROM nodes WHERE online = 1")
@@ -821,7 +990,9 @@ class Store:
                 "UPDATE nodes SET online = 0, offline_since_ms = ? WHERE online = 1",
                 [self._clock()],
             )
-        return ids
+            return ids
+
+        return self._commit(job)
 
     def get_node(self, node_id: str) -> NodeRecord:
         row = _one(self._db(), "SELECT * FROM nodes WHERE node_id = ?", [node_id])
@@ -835,28 +1006,30 @@ class Store:
     def set_node_mode(self, node_id: str, mode: NodeMode) -> NodeRecord:
         """Put a registered node in ``mode``; answer the node as it is now."""
         self.get_node(node_id)
-        with self._write() as db:
-            db.execute(
+        self._commit(
+            lambda db: db.execute(
                 "UPDATE nodes SET mode = ? WHERE node_id = ?", [mode.value, node_id]
             )
+        )
         log.info("node %s is now %s", node_id, mode, extra=ids(node_id=node_id))
         return self.get_node(node_id)
 
     def closed_nodes(self) -> dict[str, NodeMode]:
         """Nodes that take no new pipelines (in maintenance or disabled), with why."""
-        rows = self._db().query(
-            "SELECT node_id, mode FROM nodes WHERE mode != ?", [NodeMode.ACTIVE.value]
+        rows = self._db().conn.execute(
+            "SELECT node_id, mode FROM nodes WHERE mode IN (?, ?)",
+            [NodeMode.MAINTENANCE.value, NodeMode.DISABLED.value],
         )
-        return {row["node_id"]: NodeMode(row["mode"]) for row in rows}
+        return {row[0]: NodeMode(row[1]) for row in rows}
 
     def active_on_node(self, node_id: str) -> list[str]:
         """Ids of the pending and running pipelines assigned to a node."""
-        rows = self._db().query(
+        rows = self._db().conn.execute(
             "SELECT id FROM pipelines WHERE node_assigned = ? AND state IN (?, ?) "
             "ORDER BY created_at_ms",
             [node_id, *_ACTIVE],
         )
-        return [row["id"] for row in rows]
+        return [row[0] for row in rows]
 
     def list_nodes(self) -> list[NodeRecord]:
         rows = self._db().query("SELECT * FROM nodes ORDER BY node_id")
@@ -950,13 +1123,141 @@ def _pipeline_not_found(pipeline_id: str) -> NotFound:
     )
 
 
-def _duplicate(record: PipelineRecord, sequence: int) -> ReportOutcome:
+def _duplicate(head: _ReportedPipeline, sequence: int) -> ReportOutcome:
     detail = (
-        f"report {sequence} on pipeline {record.id} was already seen "
-        f"(last applied {record.last_sequence}); ignored"
+        f"report {sequence} on pipeline {head.id} was already seen "
+        f"(last applied {head.last_sequence}); ignored"
     )
-    log.debug("ignored duplicate report on pipeline %s: %s", record.id, detail)
+    log.debug("ignored duplicate report on pipeline %s: %s", head.id, detail)
     return ReportOutcome(applied=False, duplicate=True, detail=detail)
+
+
+def _reported_pipeline(
+    db: Database, node_id: str, pipeline_id: str
+) -> _ReportedPipeline:
+    row = db.conn.execute(
+        "SELECT node_assigned, state, last_sequence, started_at_ms, env_values "
+        "FROM pipelines WHERE id = ?",
+        [pipeline_id],
+    ).fetchone()
+    if row is None:
+        raise _pipeline_not_found(pipeline_id)
+    node_assigned = row[0]
+    if node_assigned != node_id:
+        owner = f"node {node_assigned}" if node_assigned else "no node"
+        raise WrongNode(
+            f"pipeline {pipeline_id} is assigned to {owner}, not to node {node_id}; "
+            "only the node it was dispatched to may report on it"
+        )
+    return _ReportedPipeline(
+        pipeline_id, PipelineState(row[1]), row[2], row[3], row[4] or "{}"
+    )
+
+
+def _apply_step_change(db: Database, report: StepReport, at: int) -> None:
+    changes: dict[str, Any] = {
+        "state": report.state.value,
+        "reason": report.reason.value,
+        "message": report.message[:MESSAGE_LIMIT],
+    }
+    if report.output_tail:
+        changes["output_tail"] = report.output_tail[-OUTPUT_TAIL_LIMIT:]
+    if report.exit_code is not None:
+        changes["exit_code"] = report.exit_code
+    if report.state is StepState.RUNNING:
+        changes["started_at_ms"] = at
+    if report.state.is_final:
+        changes["finished_at_ms"] = at
+    _update(
+        db,
+        "steps",
+        {"pipeline_id": report.pipeline_id, "idx": report.step_index},
+        changes,
+    )
+
+
+def _update(
+    db: Database, table: str, key: Mapping[str, Any], changes: Mapping[str, Any]
+) -> None:
+    """``UPDATE table SET changes WHERE key``. Table and column names come from this
+    module only; the statement's text depends on which columns change, so the
+    connection's statement cache keeps each shape parsed."""
+    sets = ", ".join(f"{column} = ?" for column in changes)
+    where = " AND ".join(f"{column} = ?" for column in key)
+    db.conn.execute(
+        f"UPDATE {table} SET {sets} WHERE {where}",
+        [*changes.values(), *key.values()],
+    )
+
+
+def _assign_job(
+    assignments: Sequence[tuple[str, str]],
+) -> Callable[[Database], list[bool]]:
+    def job(db: Database) -> list[bool]:
+        done = []
+        for pipeline_id, node_id in assignments:
+            cursor = db.conn.execute(
+                "UPDATE pipelines SET node_assigned = ?, message = '' "
+                "WHERE id = ? AND state = ? AND node_assigned IS NULL",
+                [node_id, pipeline_id, PipelineState.PENDING.value],
+            )
+            done.append(cursor.rowcount == 1)
+        return done
+
+    return job
+
+
+def _waiting_job(messages: Sequence[tuple[str, str]]) -> Callable[[Database], None]:
+    rows = [
+        (message, pipeline_id, PipelineState.PENDING.value)
+        for pipeline_id, message in messages
+    ]
+
+    def job(db: Database) -> None:
+        db.conn.executemany(
+            "UPDATE pipelines SET message = ? WHERE id = ? AND state = ?", rows
+        )
+
+    return job
+
+
+def _offline_job(node_ids: Sequence[str], at: int) -> Callable[[Database], None]:
+    rows = [(at, node_id) for node_id in node_ids]
+
+    def job(db: Database) -> None:
+        db.conn.executemany(
+            "UPDATE nodes SET online = 0, offline_since_ms = ? "
+            "WHERE node_id = ? AND online = 1",
+            rows,
+        )
+
+    return job
+
+
+def _selector(text: str | None) -> dict[str, str]:
+    """A ``node_selector`` as SQLite's ``json_extract`` gives it, as labels."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _log_report(report: PipelineReport | StepReport, outcome: ReportOutcome) -> None:
+    if outcome.duplicate:
+        return  # _duplicate logged it
+    _log_outcome(
+        report.pipeline_id,
+        report.node_id,
+        outcome.applied,
+        outcome.detail,
+        step=report.step_index if isinstance(report, StepReport) else None,
+        sequence=report.sequence,
+    )
 
 
 def _log_outcome(

@@ -77,6 +77,8 @@ def test_a_database_from_before_node_modes_gains_the_column(tmp_path: Path) -> N
     path = tmp_path / "old.db"
     Store(path).close()
     old = sqlite_utils.Database(path)
+    # Databases of that release had neither the column nor its index.
+    old.execute("DROP INDEX idx_nodes_mode")
     old.execute("ALTER TABLE nodes DROP COLUMN mode")
     old["nodes"].insert({"node_id": "n0", "hostname": "h", "online": 0})
     old.close()
