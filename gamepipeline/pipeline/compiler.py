@@ -10,8 +10,10 @@ tasks whose names start with ``[step N]`` (N counts from 0, as in the gRPC contr
    end (``detach: false``) and fails with the exit code and output; any other step starts
    its container and leaves it running. A running container whose spec-hash label
    matches is left alone (idempotent re-runs, even under a new pipeline id); one whose
-   hash differs is removed first (``replace``) and created anew;
-4. ``verify`` (services only): fails when the container is not running right after start.
+   hash differs is recreated by the same task: ``docker_container`` compares labels
+   with ``allow_more_present`` by default, so the new hash label alone forces it;
+4. ``running`` (services only): fails when the container the step's own task returned
+   is not running. It reads the task's result and runs no module.
 
 A ``type: remove`` step has the same ``inspect`` and ``ownership`` tasks, then stops its
 container (waiting ``stop_grace_period``, else the container's own stop timeout) and
@@ -173,63 +175,56 @@ def _step_tasks(
             step.container.healthcheck.disable
         )
         args.update(state="healthy" if healthy else "started", detach=True)
-        tasks.append(
-            {
-                "name": task_name(index, step.name, "replace"),
-                DOCKER_CONTAINER: {"name": name, "state": "absent"},
-                "when": f"{existing}.exists and not ({foreign}) and not ({same})",
-            }
-        )
+        # A changed spec changes the spec-hash label, and docker_container recreates
+        # a container whose labels lack one it is given (its default comparison).
         main["when"] = (
             f"not ({foreign}) and not ({existing}.exists and {same} and {running})"
         )
+        main["register"] = _result(index)
     main[DOCKER_CONTAINER] = args
     _add_step_controls(main, step, index)
     tasks.append(main)
 
     if not step.runs_to_completion:
-        tasks.extend(_verify_tasks(step, index, name, foreign))
+        tasks.append(_running_task(step, index, name, foreign))
     if step.continue_on_error:
         for task in tasks:
             task["ignore_errors"] = True
     return tasks
 
 
-def _verify_tasks(
-    step: Step, index: int, name: str, foreign: str
-) -> list[dict[str, Any]]:
-    after = f"gp_step_{index}_after"
-    return [
-        {
-            "name": task_name(index, step.name, "verify"),
-            DOCKER_CONTAINER_INFO: {"name": name},
-            "register": after,
-            "when": f"not ({foreign})",
+def _result(index: int) -> str:
+    """The name the step's own ``docker_container`` result is registered under."""
+    return f"gp_step_{index}_result"
+
+
+def _running_task(step: Step, index: int, name: str, foreign: str) -> dict[str, Any]:
+    """Fails when the container the main task started is not running.
+
+    ``docker_container`` inspects the container right after starting it and returns
+    that inspection as ``container``: no second module call is needed. A skipped main
+    task means the container was already running with the same spec.
+    """
+    state = f"{_result(index)}.container.State"
+    return {
+        "name": task_name(index, step.name, "running"),
+        FAIL: {
+            "msg": "the container {{ gp_container }} is not running right after "
+            "start (status {{ " + state + ".Status | default('gone') "
+            "}}, exit code {{ " + state + ".ExitCode | default('none') "
+            "}})"
         },
-        {
-            "name": task_name(index, step.name, "running"),
-            FAIL: {
-                "msg": "the container {{ gp_container }} is not running right after "
-                "start (status {{ "
-                + after
-                + ".container.State.Status | default('gone') "
-                "}}, exit code {{ "
-                + after
-                + ".container.State.ExitCode | default('none') "
-                "}})"
-            },
-            "vars": {"gp_container": name},
-            "when": f"not ({foreign}) and not ({after}.exists and "
-            f"{after}.container.State.Running)",
-        },
-    ]
+        "vars": {"gp_container": name},
+        "when": f"not ({foreign}) and {_result(index)} is not skipped and not "
+        f"({state}.Running | default(false))",
+    }
 
 
 def _add_step_controls(task: dict[str, Any], step: Step, index: int) -> None:
     if step.timeout_seconds is not None:
         task["timeout"] = max(1, math.ceil(step.timeout_seconds))
     if step.retries:
-        result = f"gp_step_{index}_result"
+        result = _result(index)
         task["register"] = result
         task["retries"] = step.retries
         delay = (

@@ -18,7 +18,11 @@ from gamepipeline.pipeline import (
     load_template,
     step_index_of_task,
 )
-from gamepipeline.pipeline.compiler import DOCKER_CONTAINER
+from gamepipeline.pipeline.compiler import (
+    DOCKER_CONTAINER,
+    DOCKER_CONTAINER_INFO,
+    FAIL,
+)
 
 from .pipeline_helpers import container_doc
 
@@ -187,6 +191,23 @@ def test_spec_label_ignores_the_pipeline_id_but_follows_the_spec() -> None:
     changed = container_doc(environment={"A": "2"})
     assert spec(same, "run-1") == spec(same, "run-2")
     assert spec(same, "run-1") != spec(changed, "run-1")
+
+
+def test_service_step_runs_two_modules_and_checks_running_from_its_own_result() -> None:
+    """Each module call costs an interpreter start: a service step makes two (inspect,
+    docker_container); ownership and running are checks that run no module."""
+    tasks = compile_doc(container_doc(), "abc")[0]["tasks"]
+    modules = [
+        next(k for k in t if k.startswith(("community.", "ansible."))) for t in tasks
+    ]
+    assert modules == [DOCKER_CONTAINER_INFO, FAIL, DOCKER_CONTAINER, FAIL]
+    _, _, main, running = tasks
+    # A changed spec is recreated by the main task itself: no labels comparison of
+    # its own, so docker_container's default (allow_more_present) sees the new hash.
+    assert "comparisons" not in main[DOCKER_CONTAINER]
+    assert running["name"].endswith(": running")
+    assert f"{main['register']}.container.State.Running" in running["when"]
+    assert f"{main['register']} is not skipped" in running["when"]
 
 
 def test_extra_compose_fields_map_to_their_options() -> None:
