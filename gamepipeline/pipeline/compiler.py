@@ -171,10 +171,9 @@ def _step_tasks(
         args.update(state="started", detach=False, cleanup=True, recreate=True)
         main["when"] = f"not ({foreign})"
     else:
-        healthy = step.container.healthcheck is not None and not (
-            step.container.healthcheck.disable
-        )
-        args.update(state="healthy" if healthy else "started", detach=True)
+        # Started, not `state: healthy`: docker_container keeps waiting through
+        # "unhealthy" until its own timeout; the health tasks below end at either.
+        args.update(state="started", detach=True)
         # A changed spec changes the spec-hash label, and docker_container recreates
         # a container whose labels lack one it is given (its default comparison).
         main["when"] = (
@@ -187,6 +186,9 @@ def _step_tasks(
 
     if not step.runs_to_completion:
         tasks.append(_running_task(step, index, name, foreign))
+        check = step.container.healthcheck
+        if check is not None and not check.disable:
+            tasks.extend(_health_tasks(step, index, name, foreign))
     if step.continue_on_error:
         for task in tasks:
             task["ignore_errors"] = True
@@ -218,6 +220,62 @@ def _running_task(step: Step, index: int, name: str, foreign: str) -> dict[str, 
         "when": f"not ({foreign}) and {_result(index)} is not skipped and not "
         f"({state}.Running | default(false))",
     }
+
+
+# Docker's own healthcheck defaults, used to bound the wait when a template leaves
+# them out.
+_HEALTH_DEFAULTS: dict[str, float] = {"interval": 30, "timeout": 30, "start_period": 0}
+_HEALTH_DEFAULT_RETRIES = 3
+_HEALTH_POLL_SECONDS = 1
+
+
+def _health_tasks(
+    step: Step, index: int, name: str, foreign: str
+) -> list[dict[str, Any]]:
+    """Wait until the container's health is decided, then fail unless it is healthy.
+
+    The wait is bounded by the healthcheck itself: the start period plus one interval
+    and timeout per allowed retry, and one more, after which Docker has decided.
+    """
+    check = step.container.healthcheck
+    assert check is not None
+    times = {
+        key: grammar.parse_duration(getattr(check, key))
+        if getattr(check, key) is not None
+        else default
+        for key, default in _HEALTH_DEFAULTS.items()
+    }
+    retries = check.retries if check.retries is not None else _HEALTH_DEFAULT_RETRIES
+    budget = times["start_period"] + (times["interval"] + times["timeout"]) * (
+        retries + 1
+    )
+    polls = max(1, math.ceil(budget / _HEALTH_POLL_SECONDS))
+    health = f"gp_step_{index}_health"
+    status = f"({health}.container.State.Health.Status | default('none'))"
+    running = f"({health}.container.State.Running | default(false))"
+    last = f"({health}.container.State.Health.Log | default([{{}}], true) | last)"
+    return [
+        {
+            "name": task_name(index, step.name, "health"),
+            DOCKER_CONTAINER_INFO: {"name": name},
+            "register": health,
+            "until": f"{status} in ['healthy', 'unhealthy'] or not {running}",
+            "retries": polls,
+            "delay": _HEALTH_POLL_SECONDS,
+            "when": f"not ({foreign})",
+        },
+        {
+            "name": task_name(index, step.name, "healthy"),
+            FAIL: {
+                "msg": "the container {{ gp_container }} did not become healthy "
+                "(health {{ " + status + " }}, running {{ " + running + " }}); "
+                "its last probe said: {{ " + last + ".Output | default('nothing') "
+                "| trim }}"
+            },
+            "vars": {"gp_container": name},
+            "when": f"not ({foreign}) and {status} != 'healthy'",
+        },
+    ]
 
 
 def _add_step_controls(task: dict[str, Any], step: Step, index: int) -> None:

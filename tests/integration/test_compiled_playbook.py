@@ -431,3 +431,32 @@ def test_template_syntax_in_a_field_with_a_grammar_is_refused_by_name(
 
     paths = [p.path for p in caught.value.problems]
     assert any(path.startswith(f"steps[0].container.{field}") for path in paths), paths
+
+
+@pytest.mark.parametrize(
+    ("probe", "outcome"),
+    [("exit 0", "successful"), ("exit 1", "failed")],
+    ids=["turns-healthy", "turns-unhealthy"],
+)
+def test_service_with_a_healthcheck_is_done_when_healthy_and_fails_when_unhealthy(
+    run: Run, names: list[str], probe: str, outcome: str
+) -> None:
+    name = f"gp-it-health-{uuid.uuid4().hex[:6]}"
+    names.append(name)
+    doc = service_doc(
+        name,
+        healthcheck={
+            "test": ["CMD", "sh", "-c", probe],
+            "interval": "1s",
+            "timeout": "1s",
+            "retries": 1,
+            "start_period": "0s",
+        },
+    )
+    bound = bind(load_template(doc), {}, {})
+
+    result = run(compile_playbook(bound, pipeline_id=name))
+
+    assert result.status == outcome, task_results(result)
+    health = inspect(name)["State"]["Health"]["Status"]
+    assert health == ("healthy" if outcome == "successful" else "unhealthy")

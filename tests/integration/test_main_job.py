@@ -312,3 +312,34 @@ def test_design_example_as_written_fails_fast_where_the_engine_lacks_a_gpu(
     assert final["reason"] == "step_failed", final
     assert step_states(final) == ["failed", "skipped"]
     assert "could not select device driver" in final["steps"][0]["message"]
+
+
+def test_service_that_turns_unhealthy_fails_its_step_with_the_probe_output(
+    server: Server, agent: Process, node_id: str
+) -> None:
+    document = {
+        "name": "unhealthy",
+        "steps": [
+            {
+                "name": "game",
+                "type": "service",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "healthcheck": {
+                        "test": ["CMD", "sh", "-c", "echo no display found; exit 1"],
+                        "interval": "1s",
+                        "timeout": "1s",
+                        "retries": 1,
+                    },
+                },
+            }
+        ],
+    }
+    pipeline_id = server.api.submit(yaml.safe_dump(document), node=node_id)
+
+    final = server.api.wait(pipeline_id, timeout=60)
+
+    assert final["state"] == "failed", final
+    message = final["steps"][0]["message"]
+    assert "did not become healthy" in message
+    assert "no display found" in message

@@ -152,16 +152,28 @@ def test_commands_run_as_one_script_that_stops_at_the_first_failure() -> None:
     assert (opts["detach"], opts["cleanup"], opts["state"]) == (False, True, "started")
 
 
-def test_service_with_healthcheck_waits_for_healthy() -> None:
-    opts = options(
+def test_service_with_healthcheck_waits_until_health_is_decided() -> None:
+    doc = container_doc(
         healthcheck={"test": ["CMD", "true"], "interval": "5s", "retries": 3}
     )
-    assert opts["state"] == "healthy"
-    assert opts["healthcheck"] == {
+    doc["steps"][0]["type"] = "service"
+    tasks = compile_doc(doc)[0]["tasks"]
+    [main] = main_tasks([{"tasks": tasks}])
+    # Started, then polled: docker_container's own `healthy` state would wait through
+    # "unhealthy" for five minutes.
+    assert main[DOCKER_CONTAINER]["state"] == "started"
+    assert main[DOCKER_CONTAINER]["healthcheck"] == {
         "test": ["CMD", "true"],
         "interval": "5s",
         "retries": 3,
     }
+    wait, verdict = (t for t in tasks if t["name"].endswith((": health", ": healthy")))
+    assert "community.docker.docker_container_info" in wait
+    # 0 s start period + (5 s interval + 30 s default timeout) x (3 retries + 1)
+    assert (wait["retries"], wait["delay"]) == (140, 1)
+    assert "'healthy', 'unhealthy'" in wait["until"]
+    assert "ansible.builtin.fail" in verdict
+    assert "!= 'healthy'" in verdict["when"]
 
 
 def test_containers_without_name_get_a_generated_one() -> None:
