@@ -274,8 +274,22 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 
 
+#: The longest duration a template may give (a timeout, a grace period): a year. Longer
+#: is a mistake, and would not fit the engine's or the database's integers.
+LONGEST_DURATION_SECONDS = 366 * 24 * 3600.0
+
+
 def parse_duration(value: Any) -> float:
     """``"1m30s"``, ``"500ms"``, ``"2h"`` or a number of seconds → seconds."""
+    seconds = _duration_seconds(value)
+    if seconds > LONGEST_DURATION_SECONDS:
+        raise ValueError(
+            f"{value!r} is longer than a year; give a duration of at most 8784h"
+        )
+    return seconds
+
+
+def _duration_seconds(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"{value} is negative; give a duration such as 30s")

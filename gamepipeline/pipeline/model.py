@@ -36,6 +36,9 @@ from .expressions import has_expression
 RESERVED_LABEL_PREFIX = "io.beaglewind.gamepipeline."
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
+#: A step that failed this many times will not pass on the next try either.
+MAX_RETRIES = 100
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -547,10 +550,14 @@ class Step(_Strict):
     @field_validator("retries", mode="before")
     @classmethod
     def _retries(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 <= value <= MAX_RETRIES
+        ):
             return value
         raise GrammarError.one(
-            f"{_describe(value)} is not a number of retries; write 0 or more"
+            f"{_describe(value)} is not a number of retries; write 0 to {MAX_RETRIES}"
         )
 
     @model_validator(mode="after")

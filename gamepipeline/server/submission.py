@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 ENVELOPE_KEYS: Final = ("pipeline", "args", "envs", "node")
 ARG_PREFIX: Final = "arg."
+#: Env values this long or longer are masked in error messages, as the agent masks them
+#: in step output (shorter ones, like a port, would blank out ordinary text).
+MASK_MIN_LENGTH: Final = 4
 ENV_PREFIX: Final = "env."
 #: Steps one pipeline may have. The longest shipped template has four; a node runs the
 #: steps one after another, so hundreds would be a mistake or an attack.
@@ -77,6 +80,15 @@ def prepare(submission: Submission) -> NewPipeline:
                 )
             ],
         )
+    unstorable = _unstorable(
+        {
+            "pipeline": submission.document,
+            "args": submission.args,
+            "envs": submission.envs,
+        }
+    )
+    if unstorable:
+        raise _invalid("the submission holds text that cannot be stored", unstorable)
     try:
         template = load_template(submission.document)
     except ValidationError as err:
@@ -87,7 +99,9 @@ def prepare(submission: Submission) -> NewPipeline:
         bind(template, submission.args, submission.envs)
     except ValidationError as err:
         problems = [
-            p for p in err.problems if p.path not in {f"envs.{n}" for n in left_to_node}
+            _masked(p, submission.envs)
+            for p in err.problems
+            if p.path not in {f"envs.{n}" for n in left_to_node}
         ]
         if problems:
             raise _invalid(
@@ -95,7 +109,8 @@ def prepare(submission: Submission) -> NewPipeline:
             ) from None
     except PipelineError as err:
         raise _invalid(
-            "the pipeline cannot be bound", [Problem("", str(err))]
+            "the pipeline cannot be bound",
+            [_masked(Problem("", str(err)), submission.envs)],
         ) from None
     if left_to_node:
         log.debug("envs %s of %s are left to the node", left_to_node, template.name)
@@ -114,6 +129,55 @@ def prepare(submission: Submission) -> NewPipeline:
         steps=[(step.name, step.type) for step in template.steps],
         timeout_seconds=int(timeout) if timeout else 0,
     )
+
+
+#: SQLite stores integers of at most 64 bits.
+_LARGEST_INTEGER: Final = 2**63 - 1
+
+
+def _unstorable(data: Any, path: str = "") -> list[Problem]:
+    """Text that is not valid Unicode (lone surrogates from JSON's \\ud800 escapes)
+    and integers beyond 64 bits: both would fail deep in storage or on the wire."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return [
+                Problem(
+                    path or "(body)",
+                    "holds a lone UTF-16 surrogate (such as \\ud800), which is not "
+                    "text; send valid Unicode",
+                )
+            ]
+        return []
+    if isinstance(data, bool):
+        return []
+    if isinstance(data, int) and abs(data) > _LARGEST_INTEGER:
+        return [
+            Problem(
+                path, f"{data} is too large a number; use at most {_LARGEST_INTEGER}"
+            )
+        ]
+    if isinstance(data, dict):
+        found = []
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            found += _unstorable(str(key), where) + _unstorable(value, where)
+        return found
+    if isinstance(data, list):
+        return [
+            p for i, item in enumerate(data) for p in _unstorable(item, f"{path}[{i}]")
+        ]
+    return []
+
+
+def _masked(problem: Problem, envs: Mapping[str, str]) -> Problem:
+    """A problem whose message shows no env value: envs may be the server's secrets."""
+    message = problem.message
+    for value in sorted(envs.values(), key=len, reverse=True):
+        if len(value) >= MASK_MIN_LENGTH:
+            message = message.replace(value, "***")
+    return Problem(problem.path, message)
 
 
 def _envelope(body: bytes) -> dict[str, Any] | None:

@@ -257,3 +257,91 @@ def test_cancel_of_a_finished_pipeline_answers_409(api: Api) -> None:
 
 def test_cancel_of_an_unknown_pipeline_answers_404(api: Api) -> None:
     assert api.cancel("missing").status_code == 404
+
+
+# --- inputs found by trying to break it ----------------------------------------------------
+
+
+def _envelope(document: dict[str, Any], **extra: Any) -> str:
+    # json.dumps writes a lone surrogate as the \ud800 escape, as a client would send it.
+    return json.dumps({"pipeline": document, **extra})
+
+
+@pytest.mark.parametrize(
+    ("document", "extra", "path"),
+    [
+        pytest.param(
+            {"name": "s\ud800", "steps": [{"name": "a", "container": {"image": "i"}}]},
+            {},
+            "pipeline.name",
+            id="surrogate-in-document",
+        ),
+        pytest.param(
+            {
+                "name": "s",
+                "envs": ["E"],
+                "steps": [{"name": "a", "container": {"image": "i"}}],
+            },
+            {"envs": {"E": "\ud800abcd"}},
+            "envs.E",
+            id="surrogate-in-env",
+        ),
+        pytest.param(
+            {
+                "name": "s",
+                "timeout": 10**30,
+                "steps": [{"name": "a", "container": {"image": "i"}}],
+            },
+            {},
+            "pipeline.timeout",
+            id="number-beyond-64-bits",
+        ),
+        pytest.param(
+            {
+                "name": "s",
+                "steps": [
+                    {
+                        "name": "a",
+                        "timeout": "99999999999h",
+                        "container": {"image": "i"},
+                    }
+                ],
+            },
+            {},
+            "steps[0].timeout",
+            id="duration-beyond-a-year",
+        ),
+    ],
+)
+def test_text_or_numbers_that_cannot_be_stored_answer_400_not_500(
+    api: Api, document: dict[str, Any], extra: dict[str, Any], path: str
+) -> None:
+    answer = post(
+        api, _envelope(document, **extra), "", **{"Content-Type": "application/json"}
+    )
+
+    assert answer.status_code == 400, answer.text
+    assert any(p["path"] == path for p in answer.json()["problems"]), answer.json()
+    assert api.pipelines() == []
+
+
+def test_a_rejected_value_never_echoes_an_env_secret(api: Api) -> None:
+    """Envs may be the server's own secrets; a grammar error must not show them."""
+    secret = "TopSecretSrvKey"
+    document = {
+        "name": "leak",
+        "envs": ["KEY"],
+        "steps": [{"name": "a", "container": {"image": "x/${{ envs.KEY }}:1",
+                                              "ports": ["${{ envs.KEY }}:80"]}}],
+    }  # fmt: skip
+
+    answer = post(
+        api,
+        _envelope(document, envs={"KEY": secret}),
+        "",
+        **{"Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text
+    assert secret not in answer.text
+    assert "***" in answer.text
