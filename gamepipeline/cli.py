@@ -436,8 +436,11 @@ def compile_(
         template = load_template(parse_document(Path(file).read_bytes(), source=file))
         bound = bind(template, _pairs(args, "--arg"), _pairs(envs, "--env"))
     except ValidationError as err:
+        options = {"args": "--arg", "envs": "--env"}
         for problem in err.problems:
-            click.echo(f"{file}:{problem.path}: {problem.message}", err=True)
+            option = options.get(problem.path.partition(".")[0])
+            hint = f" (with {option} NAME=VALUE)" if option else ""
+            click.echo(f"{file}:{problem.path}: {problem.message}{hint}", err=True)
         sys.exit(1)
     click.echo(
         render_playbook(compile_playbook(bound, pipeline_id=pipeline_id)), nl=False

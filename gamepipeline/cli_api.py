@@ -309,8 +309,12 @@ def list_(
         _json(pipelines)
         return
     table = Table()
-    for column in ("id", "name", "state", "node", "created", "message"):
-        table.add_column(column, overflow="fold")
+    # Ids stay whole so they can be copied into the next command.
+    table.add_column("id", no_wrap=True, min_width=32)
+    table.add_column("name", overflow="fold")
+    for column in ("state", "node", "created"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("message", overflow="fold")
     for item in pipelines:
         table.add_row(
             item["id"],

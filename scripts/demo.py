@@ -81,10 +81,15 @@ def executable() -> str:
     return found
 
 
+PROCESSES: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def start(name: str, argv: list[str]) -> int:
-    log = open(STATE_DIR / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+    # Each demo starts its logs afresh, so what a failure shows is this run's.
+    log = open(STATE_DIR / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     (STATE_DIR / f"{name}.pid").write_text(str(proc.pid))
+    PROCESSES[name] = proc
     return proc.pid
 
 
@@ -109,6 +114,9 @@ def stop_previous() -> None:
 
 
 def wait_for(what: str, check: Any, timeout: float, log: str) -> Any:
+    """Poll ``check`` until it answers; stop at once if the process behind ``log``
+    exits, showing the end of its log."""
+    proc = PROCESSES.get(log.removesuffix(".log"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -117,11 +125,14 @@ def wait_for(what: str, check: Any, timeout: float, log: str) -> Any:
             result = None
         if result:
             return result
+        if proc is not None and proc.poll() is not None:
+            what = f"{what}: it exited with code {proc.returncode}"
+            break
         time.sleep(0.2)
+    else:
+        what = f"{what} within {timeout:.0f} s"
     tail = (STATE_DIR / log).read_text(errors="replace").splitlines()[-20:]
-    sys.exit(
-        f"demo: {what} within {timeout:.0f} s; last lines of {log}:\n" + "\n".join(tail)
-    )
+    sys.exit(f"demo: {what}; last lines of {log}:\n" + "\n".join(tail))
 
 
 def show(pipeline: dict[str, Any]) -> None:
