@@ -31,12 +31,31 @@ class _TooLarge(Exception):
 
 
 class _DocumentLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` without YAML 1.1's base-60 numbers, with the bounds above.
+    """``yaml.safe_load`` without YAML 1.1's surprises, with the bounds above.
 
-    Under YAML 1.1 an unquoted ``22:22`` is the number 1342, which silently turns a port
-    mapping into a different port. Here such a scalar stays a string; every other
-    implicit type (bool, int, float, null, timestamp) resolves as ``safe_load`` does.
+    YAML 1.1 quietly changes what an author wrote, and templates pass values on as text
+    (an env value, a port): an unquoted ``22:22`` is the base-60 number 1342, ``0123``
+    is the octal 83, and ``yes``/``no``/``on``/``off`` are booleans. Here those scalars
+    stay the strings they look like, as YAML 1.2 and Docker Compose read them; only
+    ``true``/``false`` are booleans and a number with a leading zero is text. A key
+    written twice in one mapping is an error rather than the last one silently winning.
     """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {key!r} is written twice (first on line "
+                    f"{seen[key].line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str | int | float | bool):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         # Counted while composing, so a deep document stops before the stack does.
@@ -101,29 +120,40 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 _BASE60 = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
 
 
-def _drop_base60() -> None:
+#: Scalars that stay text: base-60 numbers, numbers with a leading zero (YAML 1.1's
+#: octal), and the YAML 1.1 booleans other than true and false.
+_STAYS_TEXT = {
+    "tag:yaml.org,2002:int": re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+|[-+]?0[0-9_]+)$"
+    ),
+    "tag:yaml.org,2002:float": _BASE60,
+    "tag:yaml.org,2002:bool": re.compile(r"^(?!(?:true|True|TRUE|false|False|FALSE)$)"),
+}
+
+
+def _narrow_implicit_types() -> None:
     resolvers: dict[Any, Any] = {}
     for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items():
         kept = []
         for tag, regexp in entries:
-            if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
-                regexp = _without_base60(regexp)
+            if tag in _STAYS_TEXT:
+                regexp = _unless(_STAYS_TEXT[tag], regexp)
             kept.append((tag, regexp))
         resolvers[first] = kept
     _DocumentLoader.yaml_implicit_resolvers = resolvers
 
 
-def _without_base60(regexp: re.Pattern[str]) -> re.Pattern[str]:
+def _unless(text: re.Pattern[str], regexp: re.Pattern[str]) -> re.Pattern[str]:
     class _Filtered:
         def match(self, value: str) -> re.Match[str] | None:
-            if _BASE60.match(value):
+            if text.match(value):
                 return None
             return regexp.match(value)
 
     return _Filtered()  # type: ignore[return-value]
 
 
-_drop_base60()
+_narrow_implicit_types()
 
 
 def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str, Any]:

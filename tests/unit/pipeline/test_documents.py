@@ -46,3 +46,33 @@ def test_unquoted_port_pair_stays_text_not_base_60_number() -> None:
 def test_ordinary_yaml_types_resolve_as_safe_load() -> None:
     data = parse_document("a: 1920\nb: false\nc: 1.5\nd: null\ne: '1920'\n")
     assert data == {"a": 1920, "b": False, "c": 1.5, "d": None, "e": "1920"}
+
+
+@pytest.mark.parametrize(
+    ("scalar", "value"),
+    [
+        ("0123", "0123"),  # YAML 1.1: octal 83
+        ("00123456", "00123456"),
+        ("yes", "yes"),  # YAML 1.1: true
+        ("No", "No"),
+        ("on", "on"),
+        ("off", "off"),
+        ("true", True),
+        ("False", False),
+        ("0", 0),
+        ("-7", -7),
+    ],
+)
+def test_yaml_11_surprises_stay_the_text_the_author_wrote(
+    scalar: str, value: object
+) -> None:
+    assert parse_document(f"v: {scalar}\n") == {"v": value}
+
+
+def test_a_key_written_twice_is_an_error_naming_both_lines() -> None:
+    document = "name: x\nsteps:\n  - name: s\n    commands: [a]\n    commands: [b]\n"
+    with pytest.raises(ValidationError) as caught:
+        parse_document(document)
+    message = str(caught.value)
+    assert "'commands' is written twice (first on line 4)" in message
+    assert "line 5" in message
