@@ -19,13 +19,17 @@ document says (``/data/wind``, ``/data/nvidia``, GPU and input devices, privileg
 game containers) and nothing beyond: ``/``, ``/etc``, ``/var/run/docker.sock`` and the
 like are refused. Named volumes are the engine's own and always allowed.
 
-Pure code, no I/O.
+Pure code, but for resolving host paths (``os.path.realpath`` unless the caller passes
+another resolver), so that a symbolic link cannot carry a mount outside the policy. The
+check runs before the playbook starts: a link that an earlier step of the same pipeline
+creates is not seen by it yet.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,8 +47,8 @@ class PolicyViolation(Exception):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        super().__init__(f"{problems[0]}{more}")
+        # Every rule broken, not the first: the author fixes them in one go.
+        super().__init__("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -56,25 +60,43 @@ class NodePolicy:
     privileged: bool = True
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
 
-    def check(self, steps: Iterable[Step]) -> None:
-        """Raise ``PolicyViolation`` listing every rule the steps break."""
+    def check(
+        self, steps: Iterable[Step], resolve: Callable[[str], str] = os.path.realpath
+    ) -> None:
+        """Raise ``PolicyViolation`` listing every rule the steps break.
+
+        Host paths are judged as written and as ``resolve`` finds them on this node, so
+        a symbolic link below an allowed folder cannot lead outside it.
+        """
         problems: list[str] = []
         for index, step in enumerate(steps):
-            problems += self._step_problems(index, step)
+            problems += self._step_problems(index, step, resolve)
         if problems:
             raise PolicyViolation(problems)
 
-    def _step_problems(self, index: int, step: Step) -> list[str]:
+    def _step_problems(
+        self, index: int, step: Step, resolve: Callable[[str], str]
+    ) -> list[str]:
         where = f"steps[{index}] ({step.name})"
         container = step.container
         problems = []
         for volume in container.volumes:
             source = _volume_source(volume)
-            if source is not None and not _under(source, self.mount_paths):
+            if source is None:
+                continue
+            real = resolve(source)
+            if not _under(source, self.mount_paths):
                 problems.append(
                     f'{where}: volume "{volume}" mounts the host path {source}, which '
                     f"is outside policy.mount_paths ({_listed(self.mount_paths)}); "
                     "mount a folder below one of them or add it to the node's policy"
+                )
+            elif not _under(real, self.mount_paths):
+                problems.append(
+                    f'{where}: volume "{volume}" mounts {source}, a symbolic link to '
+                    f"{real}, which is outside policy.mount_paths "
+                    f"({_listed(self.mount_paths)}); mount the real folder below one "
+                    "of them"
                 )
         for device in container.devices:
             host = _device_host(device)

@@ -82,7 +82,25 @@ def test_every_broken_rule_is_listed() -> None:
             steps_of({"privileged": True, "volumes": ["/etc:/etc"]})
         )
     assert len(caught.value.problems) == 2
-    assert "(and 1 more)" in str(caught.value)
+    # The message carries every rule broken, so the author sees them all at once.
+    assert "policy.privileged" in str(caught.value)
+    assert "policy.mount_paths" in str(caught.value)
+
+
+def test_a_symbolic_link_below_an_allowed_folder_cannot_lead_outside_it(
+    tmp_path: Path,
+) -> None:
+    allowed = tmp_path / "data"
+    (allowed / "real").mkdir(parents=True)
+    (allowed / "hostroot").symlink_to("/")
+    (allowed / "inside").symlink_to(allowed / "real")
+    policy = NodePolicy(mount_paths=(str(allowed),))
+
+    policy.check(steps_of({"volumes": [f"{allowed}/inside:/x"]}))
+    with pytest.raises(PolicyViolation) as caught:
+        policy.check(steps_of({"volumes": [f"{allowed}/hostroot/etc:/host:ro"]}))
+
+    assert "a symbolic link to /etc" in str(caught.value)
 
 
 def test_settings_build_a_policy_and_name_a_bad_key() -> None:
