@@ -206,6 +206,14 @@ class EventTranslator:
             return failure.step_index
         return None
 
+    @property
+    def failed_step(self) -> int | None:
+        """The step that failed (not timed out or canceled), if one did."""
+        failure = self._failure
+        if failure is not None and failure.reason == pb.END_REASON_STEP_FAILED:
+            return failure.step_index
+        return None
+
     def unfinished_step(self) -> int | None:
         """The step that started but has not ended: the one whose container a cancel
         or a timeout must clean up."""

@@ -11,7 +11,10 @@ ansible-runner's ``event_handler`` only puts the event on a queue and returns Tr
 run's own thread takes events off the queue and turns them into reports
 (``events.EventTranslator``). A cancel or the pipeline's timeout makes ansible-runner kill
 the playbook's process group; the container of a step that had not finished is then
-stopped and removed, since killing Ansible does not stop a container it started.
+stopped and removed, since killing Ansible does not stop a container it started. A
+step that fails may leave its container created but not started (a device or port it
+could not get) or exited: it is removed if it carries this pipeline's label and is not
+running.
 """
 
 from __future__ import annotations
@@ -84,15 +87,8 @@ class ContainerJanitor:
         of the ones it removed."""
         import docker.errors
 
-        with self._lock:
-            if self._client is None:
-                self._client = self._client_factory()
-            client = self._client
         removed = []
-        found = client.containers.list(
-            all=True, filters={"label": f"{PIPELINE_LABEL}={pipeline_id}"}
-        )
-        for container in found:
+        for container in self._list(pipeline_id):
             if container.name not in names:
                 continue
             try:
@@ -106,6 +102,44 @@ class ContainerJanitor:
                 raise
             removed.append(container.name)
         return removed
+
+    def remove_stopped(self, pipeline_id: str, names: list[str]) -> list[str]:
+        """Remove the named containers of ``pipeline_id`` that are not running (a
+        step that failed left them created or exited); returns the names removed.
+
+        A running one is kept, and so is one that starts meanwhile: removal is not
+        forced, so the engine refuses it.
+        """
+        import docker.errors
+
+        removed = []
+        for container in self._list(pipeline_id):
+            if container.name not in names or container.status == "running":
+                continue
+            try:
+                container.remove(v=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as err:
+                log.warning(
+                    "pipeline %s: kept container %s: %s",
+                    pipeline_id,
+                    container.name,
+                    err,
+                )
+                continue
+            removed.append(container.name)
+        return removed
+
+    def _list(self, pipeline_id: str) -> list[Any]:
+        with self._lock:
+            if self._client is None:
+                self._client = self._client_factory()
+            client = self._client
+        found: list[Any] = client.containers.list(
+            all=True, filters={"label": f"{PIPELINE_LABEL}={pipeline_id}"}
+        )
+        return found
 
 
 def _docker_client() -> Any:
@@ -388,6 +422,8 @@ class PipelineRun:
             cleanup = translator.timed_out_step
         if cleanup is not None:
             self._remove_step_containers(cleanup, info)
+        elif translator.failed_step is not None:
+            self._remove_failed_step_containers(translator.failed_step, info)
         self._send(translator.finish(outcome, detail=self._stop_detail, output=output))
         log.info("pipeline %s: run ended %s", pid, outcome.value)
 
@@ -477,6 +513,30 @@ class PipelineRun:
                 return [line for line, _ in zip(handle, range(200), strict=False)]
         except Exception:
             return []
+
+    def _remove_failed_step_containers(self, step: int, info: PlayInfo) -> None:
+        """A step that failed may leave its container created but never started (a
+        device it could not get, a port in use) or exited: remove it, if this
+        pipeline made it and it is not running."""
+        names = info.containers.get(step, [])
+        if not names:
+            return
+        try:
+            removed = self._janitor.remove_stopped(self.pipeline_id, names)
+        except Exception:
+            log.exception(
+                "pipeline %s: could not remove the containers of failed step %d",
+                self.pipeline_id,
+                step,
+            )
+            return
+        if removed:
+            log.info(
+                "pipeline %s: removed containers %s of failed step %d",
+                self.pipeline_id,
+                removed,
+                step,
+            )
 
     def _remove_step_containers(self, step: int, info: PlayInfo) -> None:
         names = info.containers.get(step, [])

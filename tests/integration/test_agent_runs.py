@@ -221,6 +221,69 @@ def _alive(pid: int) -> bool:
     return status.exists() and "State:\tZ" not in status.read_text()
 
 
+def test_service_that_cannot_start_fails_and_leaves_no_created_container(
+    peer: Peer, agent: RunningAgent, engine: docker.DockerClient, run_id: str
+) -> None:
+    """Issue 4: a failed run leaves no container behind. This engine has no GPU
+    runtime, so the container is created and its start refused ("could not select
+    device driver"); the agent removes it, since it is this pipeline's and stopped."""
+    servicer = peer.servicer
+    pid = f"gpu-{run_id}"
+    name = f"gp-gpu-{run_id}"
+    gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    document = {
+        "name": "needs a gpu",
+        "steps": [
+            {"name": "game", "type": "service", "container": {
+                "image": IMAGE, "container_name": name,
+                "deploy": {"resources": {"reservations": {"devices": [gpu]}}}}},
+        ],
+    }  # fmt: skip
+    dispatch(servicer, pid, document)
+    final = wait_final(servicer, pid)
+
+    assert (final.state, final.reason) == (
+        pb.PIPELINE_STATE_FAILED,
+        pb.END_REASON_STEP_FAILED,
+    )
+    _, failed = servicer.step_updates(pid, 0)
+    assert failed.state == pb.STEP_STATE_FAILED
+    assert "device driver" in failed.message, failed.message
+    assert labelled(engine, pid) == []
+    assert engine.containers.list(all=True, filters={"name": f"^{name}$"}) == []
+
+
+def test_foreign_stopped_container_is_kept_when_its_step_fails(
+    peer: Peer, agent: RunningAgent, engine: docker.DockerClient, run_id: str
+) -> None:
+    """The clean-up after a failed step touches only this pipeline's containers: a
+    stopped container of the same name that GamePipeline did not create stays."""
+    servicer = peer.servicer
+    pid = f"foreign-{run_id}"
+    name = f"gp-foreign-{run_id}"
+    foreign = engine.containers.create(IMAGE, name=name)
+    try:
+        document = {
+            "name": "name taken",
+            "steps": [
+                {"name": "game", "type": "service",
+                 "container": {"image": IMAGE, "container_name": name}},
+            ],
+        }  # fmt: skip
+        dispatch(servicer, pid, document)
+        final = wait_final(servicer, pid)
+
+        assert (final.state, final.reason) == (
+            pb.PIPELINE_STATE_FAILED,
+            pb.END_REASON_STEP_FAILED,
+        )
+        kept = engine.containers.get(name)
+        assert kept.id == foreign.id
+        assert kept.status == "created"
+    finally:
+        foreign.remove(force=True)
+
+
 def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     peer: Peer, agent: RunningAgent, engine: docker.DockerClient, run_id: str
 ) -> None:

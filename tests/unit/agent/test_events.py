@@ -169,6 +169,24 @@ def test_timed_out_step_is_named_for_cleanup() -> None:
     assert translator.timed_out_step == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "steps", "failed"),
+    [
+        ("commands_exit3", ["db", "migrate", "game"], 1),
+        ("step_timeout", ["slow", "after"], None),
+    ],
+)
+def test_failed_step_is_named_for_cleanup_but_a_timed_out_one_is_not(
+    name: str, steps: list[str], failed: int | None
+) -> None:
+    """The runner removes a failed step's stopped containers; a timed-out step's
+    are stopped and removed by the timeout's own clean-up instead."""
+    translator = EventTranslator(steps, step_index_of_task)
+    for event in recording(name)["events"]:
+        translator.feed(event)
+    assert translator.failed_step == failed
+
+
 def test_missing_image_fails_with_the_modules_message() -> None:
     reports = replay("missing_image", ["pull"])
 
