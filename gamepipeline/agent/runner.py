@@ -63,6 +63,10 @@ CONTAINER_STOP_SECONDS = 3
 """Grace a canceled step's container gets between SIGTERM and SIGKILL."""
 
 _EVENT_POLL_SECONDS = 0.2
+"""Bounds how late a pipeline's own timeout is noticed while no event comes."""
+
+_RUNNER_DONE: dict[str, Any] = {"event": "gamepipeline_runner_done"}
+"""Queued (by identity) after ansible-runner's last event."""
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 _STOPPED = (RunOutcome.CANCELED, RunOutcome.TIMEOUT, RunOutcome.INTERRUPTED)
@@ -463,6 +467,9 @@ class PipelineRun:
                 event = self._events.get(timeout=_EVENT_POLL_SECONDS)
             except queue.Empty:
                 continue
+            if event is _RUNNER_DONE:
+                # Every event came before it: no need to wait for the next poll.
+                break
             self._send(translator.feed(event))
         thread.join()
         return self._outcome(str(runner.status)), self._stdout_lines(runner)
@@ -490,6 +497,7 @@ class PipelineRun:
             "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
             "quiet": True,
             "event_handler": self._queue_event,
+            "finished_callback": self._runner_finished,
             "cancel_callback": self._stop.is_set,
         }
 
@@ -497,6 +505,11 @@ class PipelineRun:
         # Only queue: a slow handler would stall the run (F7).
         self._events.put(event)
         return True
+
+    def _runner_finished(self, runner: Any) -> None:
+        # ansible-runner calls it once the playbook's process is gone and its last
+        # event handed over, so the run's thread wakes at once instead of polling.
+        self._events.put(_RUNNER_DONE)
 
     def _outcome(self, status: str) -> RunOutcome:
         if status == "canceled":
