@@ -60,6 +60,10 @@ CANCEL_POLL_SECONDS = 0.5
 """How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
 
 CONTAINER_STOP_SECONDS = 3
+#: ansible-runner empties a task's result when its text passes MAX_EVENT_RES (700,000
+#: characters by default), and with it a `commands` step's exit code and output. Allow
+#: results up to 32 MiB: a step printing more than that loses them still.
+MAX_EVENT_RESULT_CHARS = 32 * 1024 * 1024
 """Grace a canceled step's container gets between SIGTERM and SIGKILL."""
 
 _EVENT_POLL_SECONDS = 0.2
@@ -493,6 +497,7 @@ class PipelineRun:
                 "ANSIBLE_LOCAL_TEMP": tmp,
                 "ANSIBLE_REMOTE_TEMP": tmp,
                 "ANSIBLE_HOME": tmp,
+                "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
             },
             "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
             "quiet": True,

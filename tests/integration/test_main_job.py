@@ -343,3 +343,34 @@ def test_service_that_turns_unhealthy_fails_its_step_with_the_probe_output(
     message = final["steps"][0]["message"]
     assert "did not become healthy" in message
     assert "no display found" in message
+
+
+def test_a_failing_step_with_a_lot_of_output_keeps_its_exit_code_and_last_lines(
+    server: Server, agent: Process, node_id: str
+) -> None:
+    """ansible-runner drops task results past 700,000 characters by default."""
+    document = {
+        "name": "chatty",
+        "steps": [
+            {
+                "name": "noisy",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "commands": [
+                        "i=0; while [ $i -lt 24000 ]; do"
+                        " echo line $i of a very chatty build log; i=$((i+1)); done",
+                        "echo 'the real error: disk full'",
+                        "exit 7",
+                    ],
+                },
+            }
+        ],
+    }
+    pipeline_id = server.api.submit(yaml.safe_dump(document), node=node_id)
+
+    final = server.api.wait(pipeline_id, timeout=120)
+
+    step = final["steps"][0]
+    assert final["state"] == "failed", final
+    assert step["exit_code"] == 7, step
+    assert "the real error: disk full" in step["output_tail"] + step["message"]
