@@ -182,14 +182,21 @@ class Dispatcher:
     async def attach(self, registration: pb.AgentRegistration) -> AgentSession:
         """Register a node's new stream, ending the one it replaces."""
         node_id = registration.node_id
-        await self._store.register_node_async(
-            node_id,
-            hostname=registration.hostname,
-            labels=dict(registration.labels),
-            capacity=registration.capacity,
-            agent_version=registration.agent_version,
-            protocol_version=registration.protocol_version,
-        )
+        try:
+            await self._store.register_node_async(
+                node_id,
+                hostname=registration.hostname,
+                labels=dict(registration.labels),
+                capacity=registration.capacity,
+                agent_version=registration.agent_version,
+                protocol_version=registration.protocol_version,
+            )
+        except asyncio.CancelledError:
+            # The stream went away while its registration was being committed: the
+            # node must not stay online with no stream (unless another one took over).
+            if node_id not in self._sessions:
+                self._store.set_node_offline(node_id)
+            raise
         old = self._sessions.get(node_id)
         if old is not None:
             log.warning("node %s opened a new stream; ending the old one", node_id)
