@@ -228,8 +228,11 @@ def prepare(
     template = language.load_template(json.loads(pipeline.document_json))
     envs = {**pipeline.env_values, **node_envs}
     bound = language.bind(template, dict(pipeline.arg_values), envs)
-    (policy or NodePolicy()).check(bound.steps)
-    playbook = language.compile_playbook(bound, pipeline_id=pipeline.id)
+    node_policy = policy or NodePolicy()
+    node_policy.check(bound.steps)
+    playbook = language.compile_playbook(
+        bound, pipeline_id=pipeline.id, mount_roots=node_policy.mount_paths
+    )
     limits = [
         limit
         for limit in (template.timeout_seconds, float(pipeline.timeout_seconds))

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from . import grammar
@@ -68,8 +69,18 @@ def container_name_of(step: Step, index: int, pipeline_id: str) -> str:
     return step.container.container_name or f"gp-{pipeline_id}-{index}"
 
 
-def compile_playbook(bound: BoundPipeline, *, pipeline_id: str) -> list[dict[str, Any]]:
-    """The playbook for one run of ``bound``: a list with one play, as plain data."""
+def compile_playbook(
+    bound: BoundPipeline,
+    *,
+    pipeline_id: str,
+    mount_roots: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The playbook for one run of ``bound``: a list with one play, as plain data.
+
+    With ``mount_roots`` (a node policy's folders), each step first checks, on the
+    node and at the moment it runs, that its host paths resolve below one of them: an
+    earlier step may have left a symbolic link that leads elsewhere.
+    """
     if not _PIPELINE_ID.match(pipeline_id):
         raise ValidationError(
             [
@@ -83,13 +94,45 @@ def compile_playbook(bound: BoundPipeline, *, pipeline_id: str) -> list[dict[str
     template_name = bound.template.model or bound.template.name
     tasks: list[dict[str, Any]] = []
     for index, step in enumerate(bound.steps):
-        tasks.extend(_step_tasks(step, index, pipeline_id, template_name))
+        step_tasks = _step_tasks(step, index, pipeline_id, template_name)
+        if mount_roots is not None:
+            step_tasks = _mount_guard(step, index, mount_roots) + step_tasks
+        tasks.extend(step_tasks)
     return [
         {
             "name": f"GamePipeline {pipeline_id}: {bound.resolved.name}",
             "hosts": "all",
             "gather_facts": False,
             "tasks": tasks,
+        }
+    ]
+
+
+def _mount_guard(step: Step, index: int, roots: Sequence[str]) -> list[dict[str, Any]]:
+    """A task failing the step when a host path it binds resolves outside ``roots``."""
+    sources = []
+    for volume in step.container.volumes:
+        source, _, _ = grammar.parse_volume(volume)
+        if source is not None and source.startswith("/"):
+            sources.append(source)
+    if not sources or step.removes:
+        return []
+    pattern = "^(" + "|".join(re.escape(r.rstrip("/") or "/") for r in roots) + ")(/|$)"
+    outside = "gp_sources | map('realpath') | reject('match', gp_roots) | list"
+    return [
+        {
+            "name": task_name(index, step.name, "mounts"),
+            FAIL: {
+                "msg": "a host path of this step resolves outside the node's "
+                "policy.mount_paths ({{ gp_allowed }}) through a symbolic link: "
+                "{{ " + outside + " | join(', ') }}; mount the real folder instead"
+            },
+            "vars": {
+                "gp_sources": sources,
+                "gp_roots": pattern,
+                "gp_allowed": ", ".join(roots),
+            },
+            "when": f"{outside} | length > 0",
         }
     ]
 

@@ -272,3 +272,23 @@ def test_pipeline_id_that_cannot_name_a_container_is_rejected() -> None:
     with pytest.raises(ValidationError) as caught:
         compile_doc(container_doc(), pipeline_id="bad id")
     assert caught.value.problems[0].path == "pipeline_id"
+
+
+def test_mount_roots_add_a_guard_before_each_step_with_host_paths() -> None:
+    doc = container_doc(volumes=["/data/wind:/w", "named:/n"])
+    doc["steps"].append({"name": "b", "container": {"image": "a:1"}})
+    bound = bind(load_template(doc), {}, {})
+
+    tasks = compile_playbook(
+        bound, pipeline_id="p1", mount_roots=("/data", "/dev/input")
+    )[0]["tasks"]
+
+    guards = [t for t in tasks if t["name"].endswith(": mounts")]
+    assert [t["name"] for t in guards] == ["[step 0] s: mounts"]
+    [guard] = guards
+    assert tasks.index(guard) == 0
+    assert guard["vars"]["gp_sources"] == ["/data/wind"]
+    assert guard["vars"]["gp_roots"] == "^(/data|/dev/input)(/|$)"
+    assert "realpath" in guard["when"]
+    no_guard = compile_playbook(bound, pipeline_id="p1")[0]["tasks"]
+    assert not any(t["name"].endswith(": mounts") for t in no_guard)
