@@ -21,8 +21,9 @@ like are refused. Named volumes are the engine's own and always allowed.
 
 Pure code, but for resolving host paths (``os.path.realpath`` unless the caller passes
 another resolver), so that a symbolic link cannot carry a mount outside the policy. The
-check runs before the playbook starts: a link that an earlier step of the same pipeline
-creates is not seen by it yet.
+check runs before the playbook starts; a link that an earlier step of the same pipeline
+creates is caught by the guard task the compiler puts before each step
+(``compile_playbook(..., mount_roots=policy.mount_paths)``).
 """
 
 from __future__ import annotations
