@@ -165,7 +165,9 @@ def test_server_killed_mid_run_restarts_and_the_run_goes_on_to_its_end(
     delays = [float(d) for d in re.findall(r"reconnecting in ([\d.]+)s", agent_log)]
     assert len(delays) >= 2, delays
     assert 0.5 <= delays[0] <= 1.0, delays
-    assert max(delays) <= 30 and delays[1] > 1.0, delays
+    assert max(delays) <= 30 and delays[1] >= 1.0, (
+        delays
+    )  # uniform(1, 2), logged to 0.1 s
     assert len(re.findall(r"agent registered with server", agent_log)) == 2
     assert f"node {node_id} registered" in again.log.read_text()
     assert "refused the agent" not in agent_log
