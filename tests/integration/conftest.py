@@ -18,13 +18,16 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
 import yaml
 
 from gamepipeline.client import ApiClient
+
+if TYPE_CHECKING:
+    from .reliability import EngineEvents
 from gamepipeline.server.security import hash_token, new_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,3 +261,18 @@ def _pipelines_in(workdir: Path) -> set[str]:
         finally:
             conn.close()
     return ids
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A short id that keeps one test's pipelines and containers apart from another's."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
+    """Container starts and stops on the engine, recorded while the test runs."""
+    from .reliability import engine_events  # it imports this module's helpers
+
+    with engine_events(docker_client) as recorder:
+        yield recorder

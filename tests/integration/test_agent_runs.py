@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,6 @@ def engine() -> Iterator[docker.DockerClient]:
     client.ping()
     yield client
     client.close()
-
-
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 @pytest.fixture

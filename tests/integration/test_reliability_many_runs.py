@@ -14,7 +14,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from .reliability import (
     FAST_SERVER,
     IMAGE,
     EngineEvents,
-    engine_events,
     launch_agent,
     launch_server,
     node_state,
@@ -43,17 +41,6 @@ WARM_UP = 3
 #: Growth allowed between the warm-up and the end: a log-free work dir should not grow
 #: at all; this leaves room for a directory entry or two.
 SLACK_BYTES = 16 * 1024
-
-
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
-    with engine_events(docker_client) as recorder:
-        yield recorder
 
 
 @pytest.fixture

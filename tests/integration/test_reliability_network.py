@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,6 @@ from .reliability import (
     Proxy,
     applied_sequences,
     check_against_engine,
-    engine_events,
     labelled,
     launch_agent,
     launch_server,
@@ -44,17 +41,6 @@ from .reliability import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
-    with engine_events(docker_client) as recorder:
-        yield recorder
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ at once without ever starting; a finished pipeline answers 409.
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from .reliability import (
     Expected,
     check_against_engine,
     database_row,
-    engine_events,
     launch_agent,
     launch_server,
     node_state,
@@ -39,17 +37,6 @@ from .reliability import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
-    with engine_events(docker_client) as recorder:
-        yield recorder
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,6 @@ from .reliability import (
     Expected,
     check_against_engine,
     database_row,
-    engine_events,
     labelled,
     launch_agent,
     launch_server,
@@ -45,17 +42,6 @@ from .reliability import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
-
-
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
-    with engine_events(docker_client) as recorder:
-        yield recorder
 
 
 @pytest.fixture
