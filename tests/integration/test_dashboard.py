@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +196,37 @@ def test_dashboard_sends_the_token_it_was_given_as_a_bearer_token(
     assert page.evaluate("localStorage.getItem('gamepipeline.token')") == (
         "operator-token"
     )
+
+
+def test_dashboard_submits_a_shipped_template_through_the_form_built_from_its_args(
+    page: Page,
+    server: Server,
+    agent: Process,
+    node_id: str,
+    cleanup_containers: list[str],
+) -> None:
+    """The form lists the server's templates and grows one field per arg and env."""
+    root = Path("/data/gamepipeline-tests") / f"form-{uuid.uuid4().hex[:8]}"
+    leftover = root / "volumes" / "old-1"
+    leftover.mkdir(parents=True)
+    page.goto("/#/submit")
+
+    page.select_option("#template", "instance-recycle")
+    expect(page.locator("#submit-form")).to_contain_text("Recycle a GameInstance")
+    page.fill("input[data-field='args.INSTANCE']", "old-1")
+    page.fill("input[data-field='envs.BEAGLE_WIND_ROOT']", str(root))
+    page.select_option("#node", node_id)
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"#/pipelines/[0-9a-f]+$"))
+
+    try:
+        expect(page.locator("#pipeline h2 .badge")).to_have_attribute(
+            "data-state", "completed", timeout=120_000
+        )
+        pipeline_id = page.url.rsplit("/", 1)[1]
+        stored = server.api.pipeline(pipeline_id)
+        assert stored["model"] == "instance-recycle"
+        assert stored["args"] == {"INSTANCE": "old-1"}
+        assert not leftover.exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
