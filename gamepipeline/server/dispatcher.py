@@ -453,6 +453,12 @@ class Dispatcher:
                 )
             session = self._sessions.get(queued.node_requested)
             if session is None:
+                if not self._store.node_exists(queued.node_requested):
+                    return None, (
+                        f"waiting for node {queued.node_requested}, which has never "
+                        "connected to this server; check the node id (GET /api/nodes "
+                        "lists the known ones) or start its agent"
+                    )
                 return None, f"waiting for node {queued.node_requested} to connect"
             if not _matches(selector, session.labels):
                 return None, (

@@ -1014,6 +1014,15 @@ class Store:
         log.info("node %s is now %s", node_id, mode, extra=ids(node_id=node_id))
         return self.get_node(node_id)
 
+    def node_exists(self, node_id: str) -> bool:
+        """Whether a node of this id ever registered with this server."""
+        row = (
+            self._db()
+            .conn.execute("SELECT 1 FROM nodes WHERE node_id = ?", [node_id])
+            .fetchone()
+        )
+        return row is not None
+
     def closed_nodes(self) -> dict[str, NodeMode]:
         """Nodes that take no new pipelines (in maintenance or disabled), with why."""
         rows = self._db().conn.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,19 @@ def test_a_rejected_value_never_echoes_an_env_secret(api: Api) -> None:
     assert answer.status_code == 400, answer.text
     assert secret not in answer.text
     assert "***" in answer.text
+
+
+def test_a_pipeline_for_a_node_that_never_connected_says_so(api: Api) -> None:
+    answer = post(api, json.dumps(GAME_DOCUMENT), "?arg.PORT=1&node=gamenode-typo")
+    assert answer.status_code == 201, answer.text
+    pipeline_id = answer.json()["id"]
+
+    deadline = time.monotonic() + 10
+    while "never connected" not in api.pipeline(pipeline_id)["message"]:
+        assert time.monotonic() < deadline, api.pipeline(pipeline_id)
+        time.sleep(0.05)
+
+    waiting = api.pipeline(pipeline_id)
+    assert waiting["state"] == "pending"
+    assert "gamenode-typo" in waiting["message"]
+    assert "check the node id" in waiting["message"]
