@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,15 @@ class Api:
 
 def start(db_path: Path, **options: Any) -> RunningServer:
     return start_server(db_path=db_path, **options)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """``check()``'s answer once it stops raising AssertionError, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -5,10 +5,8 @@ The server runs in-process on loopback ports; a real gRPC peer plays the agent.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -16,7 +14,7 @@ import requests
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
 
-from .server_peer import AgentPeer, Api, start
+from .server_peer import AgentPeer, Api, eventually, start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,17 +47,6 @@ def peers(server: RunningServer) -> Iterator[Callable[[str], AgentPeer]]:
 
 def node_action(api: Api, node_id: str, action: str) -> requests.Response:
     return requests.post(api.url(f"/api/nodes/{node_id}/{action}"), timeout=5)
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def test_a_node_in_maintenance_takes_no_new_pipelines_until_enabled(

@@ -4,10 +4,8 @@ slot; until one exists it waits, and the API says what it waits for."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,7 +13,7 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
 from gamepipeline.wire import PROTOCOL_VERSION
 
-from .server_peer import GAME_DOCUMENT, AgentPeer, Api, start
+from .server_peer import GAME_DOCUMENT, AgentPeer, Api, eventually, start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,17 +57,6 @@ def node(server: RunningServer) -> Iterator[Callable[..., AgentPeer]]:
     yield connect
     for peer in made:
         peer.close()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def waiting_for(api: Api, pipeline_id: str, *words: str) -> None:

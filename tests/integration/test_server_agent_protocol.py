@@ -7,7 +7,6 @@ database in a temporary directory, and talks to it over real gRPC and real HTTP.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from gamepipeline.pipeline import load_template
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
 
-from .server_peer import GAME_DOCUMENT, AgentPeer, Api, start
+from .server_peer import GAME_DOCUMENT, AgentPeer, Api, eventually, start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,17 +52,6 @@ def peers(server: RunningServer) -> Iterator[Callable[[str], AgentPeer]]:
     yield make
     for peer in made:
         peer.close()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 # --- the main path -----------------------------------------------------------------------
