@@ -66,3 +66,12 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 .PHONY: test-provisioning
 test-provisioning: venv docker
 	VENV=$(VENV) scripts/test-provisioning.sh
+
+# Soak (issue 4, F9/F10): the idle-stream keepalive check for an hour and a thousand runs
+# in a row on one node, the long versions of two tests `make test` runs briefly. The two
+# run side by side (about an hour); the exit code is non-zero if either failed.
+.PHONY: soak
+soak: venv images
+	GAMEPIPELINE_SOAK_IDLE_SECONDS=3600 $(PY) -m pytest -s tests/integration/test_reliability_keepalive.py & \
+	GAMEPIPELINE_SOAK_RUNS=1000 $(PY) -m pytest -s tests/integration/test_reliability_many_runs.py; \
+	runs=$$?; wait $$!; idle=$$?; exit $$((runs | idle))

@@ -1,6 +1,7 @@
 """Issue 4 / F10: keepalive settings that the two ends can live with.
 
-An hour of idle stream does not fit in a test run. Two checks stand in for it:
+An hour of idle stream does not fit in ``make test``; ``make soak`` runs the second check
+below for an hour (``GAMEPIPELINE_SOAK_IDLE_SECONDS=3600``). Two checks:
 
 - the settings themselves (``gamepipeline.wire``): the agent never pings more often than
   half the interval the server tolerates, both ends allow pings on a quiet stream, and
@@ -16,6 +17,7 @@ the server's ping policy judges those the same way, which is what this run exerc
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -28,9 +30,8 @@ from gamepipeline import wire
 
 from .reliability import launch_agent, launch_server, node_state, wait_until
 
-pytestmark = pytest.mark.timeout(90)
-
-IDLE_SECONDS = 25
+IDLE_SECONDS = int(os.environ.get("GAMEPIPELINE_SOAK_IDLE_SECONDS", "25"))
+pytestmark = pytest.mark.timeout(65 + IDLE_SECONDS)
 TRACE = {"GRPC_TRACE": "http_keepalive,http2_ping", "GRPC_VERBOSITY": "debug"}
 
 
