@@ -41,7 +41,12 @@ AGENT_KEEPALIVE_TIME_MS: Final[int] = 20_000
 #: How long the agent waits for a ping's answer before it declares the connection dead.
 AGENT_KEEPALIVE_TIMEOUT_MS: Final[int] = 10_000
 
+#: The largest message the agent takes off its stream: gRPC's default, stated so that the
+#: server can check a pipeline fits before it hands it over (``Dispatcher._hand_over``).
+MAX_PIPELINE_MESSAGE_BYTES: Final[int] = 4 * 1024 * 1024
+
 AGENT_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.max_receive_message_length", MAX_PIPELINE_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", AGENT_KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", AGENT_KEEPALIVE_TIMEOUT_MS),
     # The stream is open even when no pipeline runs; keep pinging through quiet spells.

@@ -25,7 +25,11 @@ from waitress.server import create_server
 
 from gamepipeline.proto import gamepipeline_pb2_grpc as pb_grpc
 from gamepipeline.server.api import create_app
-from gamepipeline.server.dispatcher import NODE_LOST_AFTER_SECONDS, Dispatcher
+from gamepipeline.server.dispatcher import (
+    ACK_WAIT_SECONDS,
+    NODE_LOST_AFTER_SECONDS,
+    Dispatcher,
+)
 from gamepipeline.server.grpc_service import PipelineService
 from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.security import Security, SecurityConfigError, check_exposure
@@ -82,6 +86,7 @@ def start_server(
     http_port: int = 0,
     offline_after_seconds: float = NODE_OFFLINE_AFTER_SECONDS,
     node_lost_after_seconds: float = NODE_LOST_AFTER_SECONDS,
+    ack_wait_seconds: float = ACK_WAIT_SECONDS,
     templates_dir: str | Path | None = None,
     envs: dict[str, str] | None = None,
     security: Security | None = None,
@@ -116,6 +121,7 @@ def start_server(
             store,
             offline_after=offline_after_seconds,
             node_lost_after=node_lost_after_seconds,
+            ack_wait=ack_wait_seconds,
             metrics=metrics,
         )
         dispatcher_box.append(dispatcher)

@@ -9,7 +9,12 @@ pipeline ending) and once a second in any case:
   most free slots among those whose labels match the pipeline's ``node_selector``. A node never
   holds more pending and running pipelines than the capacity it declared. The pipeline is
   marked assigned in the store before its message is queued, so a crash in between can
-  only leave it assigned and unsent, and it is sent again when the node reconnects;
+  only leave it assigned and unsent, and it is sent again when the node reconnects. A
+  pipeline handed over on a live stream and not acknowledged within
+  ``ACK_WAIT_SECONDS`` is sent again on that stream (the agent runs a pipeline id at
+  most once and acknowledges a repeat as such); one whose message cannot be built, or
+  would not fit the agent's message limit, fails at once with the reason instead of
+  being handed over;
 - a node whose heartbeats stop for ``offline_after`` seconds is marked offline and its
   stream ended; once it has been offline for ``node_lost_after`` seconds, its running
   pipelines fail with the reason ``node_lost`` and pending ones it never acknowledged go
@@ -51,6 +56,7 @@ from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.store import NodeMode, QueuedPipeline, Store
 from gamepipeline.wire import (
     HEARTBEAT_INTERVAL_SECONDS,
+    MAX_PIPELINE_MESSAGE_BYTES,
     NODE_OFFLINE_AFTER_SECONDS,
     PROTOCOL_VERSION,
 )
@@ -67,6 +73,10 @@ TICK_SECONDS: Final = 1.0
 #: runs it has and those whose reports it has yet to deliver, so a pipeline missing
 #: from several of them is one it knows nothing of any more.
 FORGOTTEN_AFTER_HEARTBEATS: Final = 3
+#: How long a pipeline handed over on a live stream may go unacknowledged before it is
+#: sent on that stream again. The agent answers at once, so this only matters when the
+#: message or its answer went missing without the stream ending.
+ACK_WAIT_SECONDS: Final = 15.0
 
 _session_ids = itertools.count(1)
 
@@ -92,8 +102,9 @@ class AgentSession:
         )
         self.last_heartbeat = time.monotonic()
         self.running: set[str] = set(registration.running_pipeline_ids)
-        #: Pipelines handed over on this stream; not handed over again on it.
-        self.sent: set[str] = set()
+        #: Pipelines handed over on this stream, and when (monotonic seconds); sent
+        #: again on it only if unacknowledged after ``ACK_WAIT_SECONDS``.
+        self.sent: dict[str, float] = {}
         #: Heartbeats in a row that left out a pipeline the node holds.
         self.missing: dict[str, int] = {}
         self.ended = False
@@ -115,6 +126,7 @@ class Dispatcher:
         *,
         offline_after: float = NODE_OFFLINE_AFTER_SECONDS,
         node_lost_after: float = NODE_LOST_AFTER_SECONDS,
+        ack_wait: float = ACK_WAIT_SECONDS,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
@@ -122,6 +134,7 @@ class Dispatcher:
         self._metrics.count_agents_with(self.connected_count)
         self.offline_after = offline_after
         self.node_lost_after = node_lost_after
+        self.ack_wait = ack_wait
         # A third of the offline limit, so that two lost heartbeats never flap a node.
         self.heartbeat_interval = max(
             1, min(HEARTBEAT_INTERVAL_SECONDS, int(offline_after / 3))
@@ -410,9 +423,12 @@ class Dispatcher:
         closed = self._store.closed_nodes()
         chosen: list[tuple[QueuedPipeline, AgentSession]] = []
         waiting: list[tuple[str, str]] = []
+        failed: list[tuple[str, str]] = []
         for queued in self._store.queued_pipelines():
             if queued.node_assigned is not None:
-                self._resend(queued)
+                why = self._resend(queued)
+                if why:
+                    failed.append((queued.id, why))
                 continue
             session, why = self._choose(queued, closed)
             if session is None:
@@ -424,20 +440,24 @@ class Dispatcher:
         self._free.put_back()
         if waiting:
             self._store.note_waiting(waiting)
-        if not chosen:
-            return
-
-        assigned = await self._store.assign_all(
-            [(queued.id, session.node_id) for queued, session in chosen]
-        )
-        now = self._store.now_ms()
-        for (queued, session), done in zip(chosen, assigned, strict=True):
-            if not done:
-                self._free.give_back(session.node_id)
-                continue
-            self._hand_over(session, queued.id)
-            waited = max(0, now - queued.created_at_ms) / 1000
-            self._metrics.dispatch_latency.observe(waited)
+        if chosen:
+            assigned = await self._store.assign_all(
+                [(queued.id, session.node_id) for queued, session in chosen]
+            )
+            now = self._store.now_ms()
+            for (queued, session), done in zip(chosen, assigned, strict=True):
+                if not done:
+                    self._free.give_back(session.node_id)
+                    continue
+                why = self._hand_over(session, queued.id)
+                if why:
+                    failed.append((queued.id, why))
+                    continue
+                waited = max(0, now - queued.created_at_ms) / 1000
+                self._metrics.dispatch_latency.observe(waited)
+        if failed:
+            await self._store.fail_undeliverable(failed)
+            self._wake.set()  # their slots are free again
 
     def _choose(
         self, queued: QueuedPipeline, closed: dict[str, NodeMode]
@@ -481,27 +501,65 @@ class Dispatcher:
         )
         return None, f"waiting for a connected node{wanted} in service with a free slot"
 
-    def _resend(self, queued: QueuedPipeline) -> None:
-        """Hand over an assigned pipeline again on a stream that has not seen it."""
+    def _resend(self, queued: QueuedPipeline) -> str | None:
+        """Hand over an assigned pipeline again on a stream that has not seen it, or
+        that has not acknowledged it in time."""
         assert queued.node_assigned is not None
         session = self._sessions.get(queued.node_assigned)
-        if session is None or queued.id in session.sent or queued.id in session.running:
-            return
-        self._hand_over(session, queued.id)
+        if session is None or queued.id in session.running:
+            return None
+        sent_at = session.sent.get(queued.id)
+        if sent_at is not None:
+            if queued.acknowledged or time.monotonic() - sent_at < self.ack_wait:
+                return None
+            log.warning(
+                "node %s has not acknowledged pipeline %s after %.0f s; sending it again",
+                session.node_id,
+                queued.id,
+                self.ack_wait,
+                extra=ids(queued.id, node_id=session.node_id),
+            )
+        return self._hand_over(session, queued.id)
 
-    def _hand_over(self, session: AgentSession, pipeline_id: str) -> None:
+    def _hand_over(self, session: AgentSession, pipeline_id: str) -> str | None:
+        """Queue a pipeline's message on a stream; if it cannot go, why (the pipeline
+        then fails: it would fail the same way on any node)."""
         record = self._store.get_pipeline(pipeline_id)
         steps = self._store.get_steps(pipeline_id)
-        session.sent.add(pipeline_id)
-        session.send(
-            pb.PipelineStreamResponse(pipeline=pipeline_message(record, steps))
-        )
+        try:
+            message = pb.PipelineStreamResponse(
+                pipeline=pipeline_message(record, steps)
+            )
+            size = message.ByteSize()
+        except (ValueError, TypeError) as err:
+            return self._undeliverable(session, pipeline_id, f"cannot be built: {err}")
+        if size > MAX_PIPELINE_MESSAGE_BYTES:
+            return self._undeliverable(
+                session,
+                pipeline_id,
+                f"is {size:,} bytes, more than the {MAX_PIPELINE_MESSAGE_BYTES:,} an "
+                "agent takes; pass less data in args and envs (large files belong in "
+                "a download step)",
+            )
+        session.sent[pipeline_id] = time.monotonic()
+        session.send(message)
         log.info(
             "dispatched pipeline %s to node %s",
             pipeline_id,
             session.node_id,
             extra=ids(pipeline_id, node_id=session.node_id),
         )
+        return None
+
+    def _undeliverable(self, session: AgentSession, pipeline_id: str, why: str) -> str:
+        text = f"its message to node {session.node_id} {why}"
+        log.error(
+            "pipeline %s: %s",
+            pipeline_id,
+            text,
+            extra=ids(pipeline_id, node_id=session.node_id),
+        )
+        return text
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:

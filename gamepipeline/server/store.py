@@ -219,6 +219,8 @@ class QueuedPipeline:
     created_at_ms: int
     #: The labels a node must carry to run it (its document's ``node_selector``).
     selector: dict[str, str]
+    #: Whether its node said it took it (it has not reported it running yet).
+    acknowledged: bool = False
 
 
 @dataclass(frozen=True)
@@ -535,7 +537,7 @@ class Store:
         SQLite."""
         rows = self._db().conn.execute(
             "SELECT id, node_requested, node_assigned, message, created_at_ms, "
-            "json_extract(document, '$.node_selector') FROM pipelines "
+            "json_extract(document, '$.node_selector'), acknowledged FROM pipelines "
             "WHERE state = ? ORDER BY created_at_ms, rowid",
             [PipelineState.PENDING.value],
         )
@@ -547,6 +549,7 @@ class Store:
                 message=row[3] or "",
                 created_at_ms=row[4],
                 selector=_selector(row[5]),
+                acknowledged=bool(row[6]),
             )
             for row in rows
         ]
@@ -815,6 +818,23 @@ class Store:
             return True
 
         return await self._commit_async(job)
+
+    async def fail_undeliverable(self, failures: Sequence[tuple[str, str]]) -> None:
+        """Fail pending pipelines whose message cannot reach an agent, each with why;
+        one that ended meanwhile is left as it is."""
+
+        def job(db: Database) -> None:
+            for pipeline_id, message in failures:
+                row = db.conn.execute(
+                    "SELECT state FROM pipelines WHERE id = ?", [pipeline_id]
+                ).fetchone()
+                if row is None or PipelineState(row[0]).is_final:
+                    continue
+                self._end(
+                    db, pipeline_id, PipelineState.FAILED, EndReason.REJECTED, message
+                )
+
+        await self._commit_async(job)
 
     def _names_only(self, stored: str) -> str:
         """What is kept of stored env values once a run ended: their names."""

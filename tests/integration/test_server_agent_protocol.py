@@ -17,6 +17,7 @@ import pytest
 from gamepipeline.pipeline import load_template
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
+from gamepipeline.server.submission import Submission, prepare
 
 from .server_peer import GAME_DOCUMENT, AgentPeer, Api, eventually, start
 
@@ -558,3 +559,58 @@ def _final(pipeline: dict[str, Any]) -> dict[str, Any]:
 def _waiting(pipeline: dict[str, Any]) -> dict[str, Any]:
     assert pipeline["state"] == "pending" and pipeline["message"], pipeline
     return pipeline
+
+
+# --- hand-over that does not arrive -------------------------------------------------------
+
+
+def test_pipeline_left_unacknowledged_is_sent_again_on_the_same_stream(
+    db_path: Path,
+) -> None:
+    server = start(db_path, ack_wait_seconds=1.0)
+    peer = AgentPeer(server.grpc_port, "node-a")
+    try:
+        peer.register()
+        pipeline_id = Api(server).submit(node="node-a")
+        assert peer.expect("pipeline").id == pipeline_id
+        # No answer: the server sends it again on this stream, and again after that.
+        assert peer.expect("pipeline", timeout=4).id == pipeline_id
+        assert peer.expect("pipeline", timeout=4).id == pipeline_id
+        peer.ack(pipeline_id)
+        peer.expect_nothing(within=3)
+        assert Api(server).pipeline(pipeline_id)["state"] == "pending"
+    finally:
+        peer.close()
+        server.stop()
+
+
+def test_pipeline_too_large_for_an_agent_fails_with_the_reason_and_is_not_sent(
+    server: RunningServer, api: Api, peers: Callable[[str], AgentPeer]
+) -> None:
+    # Beyond what HTTP lets in (1 MiB bodies); the store takes it from elsewhere, e.g.
+    # an older server version, and the dispatcher must not break the stream with it.
+    huge = prepare(
+        Submission(
+            document=GAME_DOCUMENT,
+            args={"PORT": "8080"},
+            envs={"TOKEN": "x" * (5 * 1024 * 1024)},
+            node="node-a",
+        )
+    )
+    pipeline_id = server.store.create_pipeline(huge)
+    peer = peers("node-a")
+    peer.register()
+
+    record = eventually(lambda: _ended(api.pipeline(pipeline_id)))
+    assert record["state"] == "failed" and record["reason"] == "rejected"
+    assert "more than the 4,194,304 an agent takes" in record["message"]
+    assert "node-a" in record["message"]
+    peer.expect_nothing(within=1.5)
+    # The stream is still healthy: the next pipeline goes through.
+    next_id = api.submit(node="node-a")
+    assert peer.expect("pipeline").id == next_id
+
+
+def _ended(record: dict[str, Any]) -> dict[str, Any]:
+    assert record["state"] not in ("pending", "running"), record["state"]
+    return record
