@@ -4,7 +4,8 @@ The agent checks every step of a bound pipeline (its args and envs substituted) 
 the policy before anything reaches Docker. A step that breaks it fails the pipeline with
 the reason REJECTED and a message naming the step, the value and the rule
 (``policy.mount_paths``, ``policy.devices``, ``policy.privileged``,
-``policy.capabilities``) with how to change it.
+``policy.capabilities``, ``policy.security_opt``, ``policy.host_namespaces``,
+``policy.runtimes``) with how to change it.
 
 The agent configuration's ``policy`` key, every entry optional::
 
@@ -13,11 +14,18 @@ The agent configuration's ``policy`` key, every entry optional::
       devices: [/dev/dri, /dev/input]       # host devices a step may pass, with below
       privileged: true                      # whether `privileged: true` is allowed
       capabilities: [SYS_RAWIO, SYS_NICE]   # what `cap_add` may add
+      security_opt: [seccomp=unconfined]    # the `security_opt` entries allowed
+      host_namespaces: false                # `network_mode: host`, `ipc: host`
+      runtimes: [runc, nvidia]              # the `runtime` values allowed
 
 The defaults let the shipped templates run on a game node laid out as the design
 document says (``/data/wind``, ``/data/nvidia``, GPU and input devices, privileged
-game containers) and nothing beyond: ``/``, ``/etc``, ``/var/run/docker.sock`` and the
-like are refused. Named volumes are the engine's own and always allowed.
+game containers, ``seccomp=unconfined``, the runc and NVIDIA runtimes) and nothing
+beyond: ``/``, ``/etc``, ``/var/run/docker.sock`` and the like are refused, and so are
+the host's network and IPC namespaces and other security options. Named volumes are the
+engine's own and always allowed. ``security_opt`` entries are compared with ``:``
+read as ``=`` (``seccomp:unconfined`` is ``seccomp=unconfined``), as the engine reads
+them.
 
 Pure code, but for resolving host paths (``os.path.realpath`` unless the caller passes
 another resolver), so that a symbolic link cannot carry a mount outside the policy. The
@@ -40,7 +48,23 @@ from gamepipeline.pipeline.model import Step
 DEFAULT_MOUNT_PATHS: Final = ("/data", "/dev/input")
 DEFAULT_DEVICES: Final = ("/dev/dri", "/dev/input", "/dev/snd", "/dev/uinput")
 DEFAULT_CAPABILITIES: Final = ("SYS_RAWIO", "SYS_NICE")
-POLICY_KEYS: Final = ("mount_paths", "devices", "privileged", "capabilities")
+#: Lifting the seccomp filter is what game containers (Wine, anti-cheat) ask for;
+#: turning no-new-privileges on only takes away.
+DEFAULT_SECURITY_OPT: Final = (
+    "seccomp=unconfined",
+    "no-new-privileges",
+    "no-new-privileges=true",
+)
+DEFAULT_RUNTIMES: Final = ("runc", "nvidia")
+POLICY_KEYS: Final = (
+    "mount_paths",
+    "devices",
+    "privileged",
+    "capabilities",
+    "security_opt",
+    "host_namespaces",
+    "runtimes",
+)
 
 
 class PolicyViolation(Exception):
@@ -60,6 +84,9 @@ class NodePolicy:
     devices: tuple[str, ...] = DEFAULT_DEVICES
     privileged: bool = True
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
+    host_namespaces: bool = False
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
 
     def check(
         self, steps: Iterable[Step], resolve: Callable[[str], str] = os.path.realpath
@@ -120,6 +147,31 @@ class NodePolicy:
                     f"({_listed(self.capabilities)}); drop it or add it to the node's "
                     "policy"
                 )
+        allowed_options = {_security_opt(o) for o in self.security_opt}
+        for option in container.security_opt:
+            if _security_opt(option) not in allowed_options:
+                problems.append(
+                    f"{where}: security_opt {option} is not in policy.security_opt "
+                    f"({_listed(self.security_opt)}); drop it or add it to the node's "
+                    "policy"
+                )
+        if not self.host_namespaces:
+            for field, value in (
+                ("network_mode", container.network_mode),
+                ("ipc", container.ipc),
+            ):
+                if value is not None and value.strip().lower() == "host":
+                    problems.append(
+                        f"{where}: {field}: host shares the node's own namespace, "
+                        "which policy.host_namespaces (false) refuses; publish ports "
+                        "or use shm_size instead, or allow it in the node's policy"
+                    )
+        if container.runtime is not None and container.runtime not in self.runtimes:
+            problems.append(
+                f"{where}: runtime {container.runtime} is not in policy.runtimes "
+                f"({_listed(self.runtimes)}); use one of them or add it to the "
+                "node's policy"
+            )
         return problems
 
 
@@ -145,12 +197,14 @@ def policy_from_settings(raw: Any) -> NodePolicy:
     for key in ("mount_paths", "devices"):
         if key in raw:
             values[key] = _absolute_paths(raw[key], f"policy.{key}")
-    if "privileged" in raw:
-        if not isinstance(raw["privileged"], bool):
-            raise ValueError(
-                f"policy.privileged: {raw['privileged']!r} is not true or false"
-            )
-        values["privileged"] = raw["privileged"]
+    for key in ("privileged", "host_namespaces"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ValueError(f"policy.{key}: {raw[key]!r} is not true or false")
+            values[key] = raw[key]
+    for key in ("security_opt", "runtimes"):
+        if key in raw:
+            values[key] = tuple(_texts(raw[key], f"policy.{key}"))
     if "capabilities" in raw:
         values["capabilities"] = tuple(
             _capability(c) for c in _texts(raw["capabilities"], "policy.capabilities")
@@ -202,6 +256,14 @@ def _device_host(device: str) -> str:
 
 def _capability(name: str) -> str:
     return name.strip().upper().removeprefix("CAP_")
+
+
+def _security_opt(option: str) -> str:
+    """An option as the engine reads it: ``key=value``, ``key:value`` being the same."""
+    key, sep, value = option.strip().partition("=")
+    if not sep:
+        key, sep, value = key.partition(":")
+    return f"{key.strip().lower()}={value.strip()}" if sep else key.strip().lower()
 
 
 def _listed(items: Sequence[str]) -> str:

@@ -76,6 +76,34 @@ def test_capabilities_outside_the_list_are_refused_by_name() -> None:
     assert "SYS_NICE" not in message.split("(")[0]
 
 
+def test_security_options_outside_the_list_are_refused_by_name() -> None:
+    allowed = NodePolicy()
+    allowed.check(steps_of({"security_opt": ["seccomp:unconfined"]}))
+    allowed.check(steps_of({"security_opt": ["no-new-privileges:true"]}))
+
+    message = violation(
+        allowed, {"security_opt": ["apparmor=unconfined", "label=disable"]}
+    )
+    assert "security_opt apparmor=unconfined is not in policy.security_opt" in message
+    assert "security_opt label=disable" in message
+    assert "steps[0] (s)" in message
+
+
+@pytest.mark.parametrize("field", ["network_mode", "ipc"])
+def test_host_namespaces_are_refused_unless_the_policy_allows_them(field: str) -> None:
+    message = violation(NodePolicy(), {field: "host"})
+    assert f"{field}: host" in message and "policy.host_namespaces" in message
+
+    NodePolicy(host_namespaces=True).check(steps_of({field: "host"}))
+    NodePolicy().check(steps_of({field: "container:other"}))
+
+
+def test_runtimes_outside_the_list_are_refused() -> None:
+    NodePolicy().check(steps_of({"runtime": "nvidia"}))
+    message = violation(NodePolicy(), {"runtime": "kata"})
+    assert "runtime kata is not in policy.runtimes (runc, nvidia)" in message
+
+
 def test_every_broken_rule_is_listed() -> None:
     with pytest.raises(PolicyViolation) as caught:
         NodePolicy(privileged=False).check(
@@ -120,3 +148,12 @@ def test_settings_build_a_policy_and_name_a_bad_key() -> None:
         policy_from_settings({"mount_paths": ["data"]})
     with pytest.raises(ValueError, match="not true or false"):
         policy_from_settings({"privileged": "yes"})
+    with pytest.raises(ValueError, match=r"host_namespaces.*not true or false"):
+        policy_from_settings({"host_namespaces": "no"})
+    with pytest.raises(ValueError, match=r"policy\.runtimes must be a list"):
+        policy_from_settings({"runtimes": "nvidia"})
+    opened = policy_from_settings(
+        {"security_opt": ["apparmor=unconfined"], "host_namespaces": True}
+    )
+    assert opened.security_opt == ("apparmor=unconfined",)
+    assert opened.host_namespaces and opened.runtimes == ("runc", "nvidia")
