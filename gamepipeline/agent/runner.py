@@ -15,6 +15,10 @@ stopped and removed, since killing Ansible does not stop a container it started.
 step that fails may leave its container created but not started (a device or port it
 could not get) or exited: it is removed if it carries this pipeline's label and is not
 running.
+
+Every run's environment carries the node's and the pipeline's ids and the agent's
+identity (``orphans.run_markers``), so that an agent started after this one died can
+find and kill a playbook left running.
 """
 
 from __future__ import annotations

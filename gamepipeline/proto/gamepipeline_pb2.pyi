@@ -414,7 +414,8 @@ class AgentRegistration(_message.Message):
     def running_pipeline_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Pipelines the agent is running now (after a reconnect these carry on), and those
         whose end it has yet to report. The server fails a running pipeline of the node's
-        that its heartbeats keep leaving out: the agent no longer knows that run.
+        that its heartbeats keep leaving out: the agent no longer knows that run (at once
+        when the registration carries an inventory, see below).
         """
 
     @_builtins.property
