@@ -9,10 +9,10 @@ its node left running, settles the runs a previous agent on the same work dir le
 unfinished, and lists the labelled containers on its engine for the server, which
 settles the pipelines the agent no longer knows and names the containers to remove
 (``recovery``). When the agent stops, every run still going is ended by the agent
-itself: ansible-runner is stopped, the container of the step that had not finished is removed, and the pipeline
-fails with the reason AGENT_RESTARTED ("the agent stopped during step N"). Its reports are
-journaled and delivered if the server is reachable, or by the next agent started on the
-same work dir.
+itself: ansible-runner is stopped, the container of the step that had not finished is
+removed, and the pipeline fails with the reason AGENT_RESTARTED ("the agent stopped
+during step N"). Its reports are journaled and delivered if the server is reachable, or
+by the next agent started on the same work dir.
 """
 
 from __future__ import annotations
