@@ -4,12 +4,15 @@
 SIGINT. ``start_agent(config)`` starts the same agent in background threads and returns a
 ``RunningAgent`` whose ``stop()`` ends it, for tests and embedding.
 
-When the agent starts, it settles the runs a previous agent on the same work dir left
-unfinished (``recovery``). When the agent stops, every run still going is ended by the agent itself: ansible-runner
-is stopped, the container of the step that had not finished is removed, and the pipeline
-fails with the reason AGENT_RESTARTED ("the agent stopped during step N"). Its reports are
-journaled and delivered if the server is reachable, or by the next agent started on the
-same work dir.
+When the agent starts, before it registers, it kills the playbooks a previous agent of
+its node left running, settles the runs a previous agent on the same work dir left
+unfinished, and lists the labelled containers on its engine for the server, which
+settles the pipelines the agent no longer knows and names the containers to remove
+(``recovery``). When the agent stops, every run still going is ended by the agent
+itself: ansible-runner is stopped, the container of the step that had not finished is
+removed, and the pipeline fails with the reason AGENT_RESTARTED ("the agent stopped
+during step N"). Its reports are journaled and delivered if the server is reachable, or
+by the next agent started on the same work dir.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
 from gamepipeline.agent.events import PipelineReport, Report
 from gamepipeline.agent.markers import ActiveRuns
-from gamepipeline.agent.recovery import settle_interrupted_runs
+from gamepipeline.agent.recovery import (
+    kill_leftover_playbooks,
+    settle_interrupted_runs,
+)
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
+from gamepipeline.logs import ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 __all__ = [
@@ -51,6 +58,10 @@ REMEMBER_ENDED = 1000
 """How many ended pipelines the agent remembers, so that one handed over again (the
 server had not heard of its end yet) is not run a second time."""
 
+LANDING_SECONDS = 1.0
+"""How long a start waits after killing leftover playbooks before it lists the engine:
+a container create or start a killed module had in flight may land a moment later."""
+
 
 class Agent:
     """Takes pipelines in hand, runs them, cancels them; the connection's handler."""
@@ -69,6 +80,12 @@ class Agent:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._accepting = True
+        #: Until a registration carrying the start's inventory is accepted.
+        self._reconciled = False
+        #: Cleared while the containers the server named at registration are removed;
+        #: runs wait for it, so none starts a container of the same name meanwhile.
+        self._engine_ready = threading.Event()
+        self._engine_ready.set()
 
     def running_ids(self) -> list[str]:
         """The pipelines this node runs, and those whose end it has yet to get across:
@@ -111,6 +128,8 @@ class Agent:
                 janitor=self._janitor,
                 active=self.active,
                 policy=self._config.policy,
+                node_id=node,
+                ready=self._engine_ready,
             )
             self._runs[pid] = run
         log.info("node %s: starting pipeline %s", node, pid)
@@ -128,12 +147,85 @@ class Agent:
         return ""
 
     def settle_interrupted(self) -> list[str]:
-        """Settle the runs a previous agent on this work dir left unfinished."""
+        """Kill the playbooks a previous agent of this node left running, then settle
+        the runs a previous agent on this work dir left unfinished."""
+        if kill_leftover_playbooks(self._config.node_id, self.active):
+            time.sleep(LANDING_SECONDS)
         settled = settle_interrupted_runs(self.active, self._reporter, self._janitor)
         with self._lock:
             for pid in settled:
                 self._remember_ended(pid)
         return settled
+
+    def inventory(self) -> pb.NodeInventory | None:
+        """The labelled containers on the engine, until a registration carrying them
+        is accepted; None after that (a reconnect is not a start)."""
+        if self._reconciled:
+            return None
+        try:
+            found = self._janitor.inventory()
+        except Exception as err:
+            # The server still settles what the agent does not list; it only cannot
+            # name containers to remove.
+            log.warning(
+                "node %s: could not list the engine's containers: %s",
+                self._config.node_id,
+                err,
+            )
+            found = []
+        return pb.NodeInventory(containers=found)
+
+    def handle_registered(self, accepted: pb.RegistrationAccepted) -> None:
+        """The server took the registration: remove the containers it names, in the
+        background; runs handed over meanwhile wait until that is done."""
+        if self._reconciled:
+            return
+        self._reconciled = True
+        keep = set(self.running_ids())
+        doomed: dict[str, list[str]] = {}
+        for found in accepted.remove_containers:
+            if found.pipeline_id in keep:
+                log.warning(
+                    "node %s: not removing container %s: pipeline %s runs here",
+                    self._config.node_id,
+                    found.name,
+                    found.pipeline_id,
+                )
+                continue
+            doomed.setdefault(found.pipeline_id, []).append(found.name)
+        if not doomed:
+            return
+        self._engine_ready.clear()
+        threading.Thread(
+            target=self._remove_left_behind,
+            args=(doomed,),
+            name="agent-start-cleanup",
+            daemon=True,
+        ).start()
+
+    def _remove_left_behind(self, doomed: dict[str, list[str]]) -> None:
+        node = self._config.node_id
+        try:
+            for pipeline_id, names in sorted(doomed.items()):
+                try:
+                    removed = self._janitor.remove(pipeline_id, names)
+                except Exception:
+                    log.exception(
+                        "node %s: could not remove containers %s of pipeline %s",
+                        node,
+                        names,
+                        pipeline_id,
+                    )
+                    continue
+                log.warning(
+                    "node %s: removed containers %s that pipeline %s left behind",
+                    node,
+                    removed,
+                    pipeline_id,
+                    extra=ids(pipeline_id, node_id=node),
+                )
+        finally:
+            self._engine_ready.set()
 
     def handle_cancel(self, cancel: pb.CancelPipeline) -> None:
         with self._lock:
@@ -168,6 +260,8 @@ class Agent:
         if isinstance(report, PipelineReport) and report.final:
             # The slot is free once the run's end is reported: the server may hand
             # over the next pipeline at once, before this run's thread has wound down.
+            # ``running_ids`` still lists it meanwhile: the reporter has its earlier
+            # reports (a run's first report is never its final one).
             with self._lock:
                 self._runs.pop(pipeline_id, None)
                 self._remember_ended(pipeline_id)

@@ -1,10 +1,13 @@
 """The agent's long-lived ``PipelineStream`` to the server, and its reconnect loop.
 
 One stream at a time. On each new stream the agent registers first (node id, hostname,
-labels, capacity, versions, and the pipelines it is still running), then sends a heartbeat
-at a steady interval (the server's, once it names one) and answers each message:
+labels, capacity, versions, and the pipelines it is still running; until a registration
+has been accepted since the agent started, also the labelled containers on its engine),
+then sends a heartbeat at a steady interval (the server's, once it names one) and answers
+each message:
 
 - ``registered``: the stream is up; status reports start flowing through this channel;
+  the containers the server names are removed (``Agent.handle_registered``);
 - ``pipeline``: the agent takes the pipeline in hand and acks it (or refuses, with why);
 - ``cancel``: the named run is stopped;
 - ``heartbeat_ack``: proof that the server still reads the stream.
@@ -65,6 +68,10 @@ class Handler(Protocol):
     """What the connection asks of the rest of the agent."""
 
     def running_ids(self) -> list[str]: ...
+
+    def inventory(self) -> pb.NodeInventory | None: ...
+
+    def handle_registered(self, accepted: pb.RegistrationAccepted) -> None: ...
 
     def handle_pipeline(self, pipeline: pb.GamePipeline) -> pb.PipelineAck: ...
 
@@ -252,6 +259,7 @@ class Connection:
                 agent_version=__version__,
                 protocol_version=wire.PROTOCOL_VERSION,
                 running_pipeline_ids=self._handler.running_ids(),
+                inventory=self._handler.inventory(),
             )
         )
 
@@ -271,6 +279,7 @@ class Connection:
                 accepted.server_version or "?",
                 session.interval,
             )
+            self._handler.handle_registered(accepted)
             self.connected.set()
             self._on_connected(stub)
         elif kind == "pipeline":

@@ -1,26 +1,38 @@
-"""Settling runs that an agent restart cut short.
+"""Settling what a previous agent of this node left unfinished, at start.
 
-While a pipeline runs, a small marker file under ``<work_dir>/active/`` says where: its
-private data dir, its steps, the containers each step manages, and the step running now.
-The marker goes once the pipeline's final report is journaled. A marker found when the
-agent starts belongs to a run the previous agent never finished (it was killed, or the
-machine rebooted). The rule for such a run: it is not resumed. Its leftover
-ansible-playbook processes are killed, the container of the step that was running is
-stopped and removed, that step fails and the pipeline fails with the reason
-AGENT_RESTARTED ("the agent restarted during step N"), and the steps after it are skipped.
-Containers of steps that had completed stay: they are the pipeline's result.
+A starting agent does three things before it registers, in this order:
+
+1. It kills the playbooks the previous agent left running (``orphans``): every process
+   whose run markers name this node and a gone agent, and every process working in a
+   marker's data dir (runs of older agents carry no markers). Nothing a dead agent
+   started goes on to start another container after this.
+2. It settles the runs its own work dir has markers of. While a pipeline runs, a small
+   marker file under ``<work_dir>/active/`` says where: its private data dir, its
+   steps, the containers each step manages, and the step running now. The marker goes
+   once the pipeline's final report is journaled. A marker found at start belongs to a
+   run the previous agent never finished (it was killed, or the machine rebooted). Such
+   a run is not resumed: the containers of the step that was running, and of the steps
+   after it, are stopped and removed; that step fails and the pipeline fails with the
+   reason AGENT_RESTARTED ("the agent restarted during step N"), and the steps after it
+   are skipped. Containers of steps that had completed stay: they are the pipeline's
+   result.
+3. It lists the containers on its engine that carry the pipeline label and sends them
+   with its first registration (``AgentRegistration.inventory``). The server settles,
+   the same way, the pipelines it holds for this node that the agent does not list
+   (its work dir was lost or replaced), and answers which of the found containers to
+   remove: those of steps that did not complete, in this node's pipelines that are
+   failed or canceled. The agent removes them (``Agent.handle_registered``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
-from pathlib import Path
+from typing import Any
 
 from gamepipeline.agent.events import PipelineReport, StepReport
 from gamepipeline.agent.markers import ActiveRuns
+from gamepipeline.agent.orphans import kill_orphans
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor
 from gamepipeline.proto import gamepipeline_pb2 as pb
@@ -28,10 +40,25 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+def kill_leftover_playbooks(node_id: str, active: ActiveRuns) -> int:
+    """Kill the playbooks a previous agent of this node left running; returns how
+    many processes were found."""
+    data_dirs = tuple(
+        str(marker["data_dir"])
+        for marker in active.leftovers()
+        if marker.get("data_dir")
+    )
+    return len(kill_orphans(node_id, data_dirs))
+
+
 def settle_interrupted_runs(
     active: ActiveRuns, reporter: Reporter, janitor: ContainerJanitor
 ) -> list[str]:
-    """Settle every run a previous agent left unfinished; returns their pipeline ids."""
+    """Settle every run a previous agent left unfinished; returns their pipeline ids.
+
+    Call ``kill_leftover_playbooks`` first: a playbook still running could start a
+    container after its step's were removed.
+    """
     settled = []
     for marker in active.leftovers():
         pid = str(marker["pipeline_id"])
@@ -43,16 +70,8 @@ def settle_interrupted_runs(
         )
 
         if data_dir:
-            _kill_processes_using(str(data_dir))
             shutil.rmtree(data_dir, ignore_errors=True)
-        containers = (marker.get("containers") or {}).get(str(step), [])
-        if step >= 0 and containers:
-            try:
-                janitor.remove(pid, [str(name) for name in containers])
-            except Exception:
-                log.exception(
-                    "pipeline %s: could not remove step %d's containers", pid, step
-                )
+        _remove_unfinished_containers(pid, step, marker, janitor)
 
         why = (
             f"the agent restarted during step {step}"
@@ -87,20 +106,28 @@ def settle_interrupted_runs(
     return settled
 
 
-def _kill_processes_using(data_dir: str) -> None:
-    """Kill the process groups of ansible-playbook runs working in ``data_dir``."""
-    own = {os.getpid(), os.getpgid(0)}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in own:
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if data_dir not in cmdline:
-                continue
-            group = os.getpgid(int(entry.name))
-            if group in own:
-                continue
-            os.killpg(group, signal.SIGKILL)
-            log.info("killed leftover process group %d working in %s", group, data_dir)
-        except (OSError, UnicodeDecodeError):
-            continue
+def _remove_unfinished_containers(
+    pipeline_id: str, step: int, marker: dict[str, Any], janitor: ContainerJanitor
+) -> None:
+    """Remove the containers of the step that was running and of every later one (a
+    playbook left running may have gone on to them)."""
+    by_step = marker.get("containers") or {}
+    names = [
+        str(name)
+        for index, listed in by_step.items()
+        if str(index).isdigit() and int(index) >= max(step, 0)
+        for name in listed
+    ]
+    if not names:
+        return
+    try:
+        removed = janitor.remove(pipeline_id, names)
+    except Exception:
+        log.exception(
+            "pipeline %s: could not remove the containers of step %d and later",
+            pipeline_id,
+            step,
+        )
+        return
+    if removed:
+        log.info("pipeline %s: removed leftover containers %s", pipeline_id, removed)

@@ -15,6 +15,10 @@ stopped and removed, since killing Ansible does not stop a container it started.
 step that fails may leave its container created but not started (a device or port it
 could not get) or exited: it is removed if it carries this pipeline's label and is not
 running.
+
+Every run's environment carries the node's and the pipeline's ids and the agent's
+identity (``orphans.run_markers``), so that an agent started after this one died can
+find and kill a playbook left running.
 """
 
 from __future__ import annotations
@@ -47,14 +51,18 @@ from gamepipeline.agent.events import (
     secret_values,
 )
 from gamepipeline.agent.markers import ActiveRuns
+from gamepipeline.agent.orphans import run_markers
 from gamepipeline.agent.policy import NodePolicy, PolicyViolation
 from gamepipeline.logs import bound, ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
+PIPELINE_LABEL = language.LABEL_PIPELINE
 """Label the compiler puts on every container of a pipeline, with the pipeline's id."""
+
+STEP_LABEL = language.LABEL_STEP
+"""Label the compiler puts on every container of a pipeline, with its step's index."""
 
 CANCEL_POLL_SECONDS = 0.5
 """How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
@@ -139,12 +147,34 @@ class ContainerJanitor:
             removed.append(container.name)
         return removed
 
-    def _list(self, pipeline_id: str) -> list[Any]:
+    def inventory(self) -> list[pb.FoundContainer]:
+        """Every container on the engine that carries the pipeline label, whoever's
+        pipeline it belongs to, from one listing."""
+        found = []
+        for summary in self._engine().api.containers(
+            all=True, filters={"label": PIPELINE_LABEL}
+        ):
+            labels = summary.get("Labels") or {}
+            step = str(labels.get(STEP_LABEL, ""))
+            names = summary.get("Names") or [""]
+            found.append(
+                pb.FoundContainer(
+                    pipeline_id=str(labels.get(PIPELINE_LABEL, "")),
+                    step_index=int(step) if step.isdigit() else -1,
+                    name=str(names[0]).lstrip("/"),
+                    running=summary.get("State") == "running",
+                )
+            )
+        return found
+
+    def _engine(self) -> Any:
         with self._lock:
             if self._client is None:
                 self._client = self._client_factory()
-            client = self._client
-        found: list[Any] = client.containers.list(
+            return self._client
+
+    def _list(self, pipeline_id: str) -> list[Any]:
+        found: list[Any] = self._engine().containers.list(
             all=True, filters={"label": f"{PIPELINE_LABEL}={pipeline_id}"}
         )
         return found
@@ -277,6 +307,10 @@ class PipelineRun:
         janitor: removes the containers of a step that will not finish.
         active: keeps this run's marker on disk while it is in progress.
         policy: what the steps may ask of this node; checked before anything runs.
+        node_id: the node's id, put with the pipeline's into the run's environment so
+            that a later agent can tell the run's processes apart (``orphans``).
+        ready: when given, the run waits for it to be set before it starts (the
+            agent is still removing the containers a restart left behind).
     """
 
     def __init__(
@@ -290,8 +324,12 @@ class PipelineRun:
         janitor: ContainerJanitor | None = None,
         active: ActiveRuns | None = None,
         policy: NodePolicy | None = None,
+        node_id: str = "",
+        ready: threading.Event | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._node_id = node_id
+        self._ready = ready
         self._policy = policy or NodePolicy()
         self.pipeline_id = pipeline.id
         self._runs_dir = runs_dir
@@ -348,6 +386,8 @@ class PipelineRun:
 
     def _main_bound(self) -> None:
         try:
+            if self._ready is not None:
+                self._ready.wait()
             self._run()
         except Exception as err:
             log.exception("pipeline %s: run crashed", self.pipeline_id)
@@ -501,6 +541,11 @@ class PipelineRun:
                 "ANSIBLE_REMOTE_TEMP": tmp,
                 "ANSIBLE_HOME": tmp,
                 "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
+                **(
+                    run_markers(self._node_id, self.pipeline_id)
+                    if self._node_id
+                    else {}
+                ),
             },
             "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
             "quiet": True,

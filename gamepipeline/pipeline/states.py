@@ -176,3 +176,26 @@ def steps_after_end(
         elif state is StepState.PENDING:
             moves.append((index, StepState.SKIPPED, reason))
     return moves
+
+
+def steps_after_restart(
+    steps: list[StepState],
+) -> tuple[int | None, list[tuple[int, StepState, EndReason]]]:
+    """What happens to a pipeline's steps when its agent restarted without its records.
+
+    The step the records show running was cut short; when none runs (the agent was
+    between two steps, or had not reported its first), the first step that had not
+    ended is, since the agent may have begun it. That step fails with the reason
+    ``agent_restarted`` and every other step that had not ended is skipped with it;
+    steps that ended keep their state. Returns the cut-short step (None when every
+    step had ended) and ``(index, new_state, reason)`` for each step that moves.
+    """
+    reason = EndReason.AGENT_RESTARTED
+    running = [i for i, state in enumerate(steps) if state is StepState.RUNNING]
+    unfinished = [i for i, state in enumerate(steps) if not state.is_final]
+    cut = running[0] if running else (unfinished[0] if unfinished else None)
+    moves = [
+        (index, StepState.FAILED if index == cut else StepState.SKIPPED, reason)
+        for index in unfinished
+    ]
+    return cut, moves

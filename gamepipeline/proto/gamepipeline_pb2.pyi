@@ -400,6 +400,7 @@ class AgentRegistration(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     RUNNING_PIPELINE_IDS_FIELD_NUMBER: _builtins.int
+    INVENTORY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     hostname: _builtins.str
     capacity: _builtins.int
@@ -413,7 +414,22 @@ class AgentRegistration(_message.Message):
     def running_pipeline_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Pipelines the agent is running now (after a reconnect these carry on), and those
         whose end it has yet to report. The server fails a running pipeline of the node's
-        that its heartbeats keep leaving out: the agent no longer knows that run.
+        that its heartbeats keep leaving out: the agent no longer knows that run (at once
+        when the registration carries an inventory, see below).
+        """
+
+    @_builtins.property
+    def inventory(self) -> Global___NodeInventory:
+        """Set on the first registration after the agent started (and on every attempt until
+        one is accepted), never on a reconnect after that: the agent has just started, runs
+        nothing new yet, and running_pipeline_ids is all it knows of this node's work. Its
+        presence is the agent's promise of that, so the server settles at once, before it
+        answers, every pending (acknowledged, or with containers found) or running
+        pipeline of the node that the list leaves out: the step its records show running
+        (else the first that had not ended) fails with the reason AGENT_RESTARTED ("the
+        agent restarted during step N ..."), later steps are skipped, the pipeline fails.
+        Without it (an older agent) the server waits for heartbeats to leave a pipeline out
+        several times in a row before it fails it the same way.
         """
 
     def __init__(
@@ -426,14 +442,75 @@ class AgentRegistration(_message.Message):
         agent_version: _builtins.str = ...,
         protocol_version: _builtins.int = ...,
         running_pipeline_ids: _abc.Iterable[_builtins.str] | None = ...,
+        inventory: Global___NodeInventory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hostname", b"hostname", "labels", b"labels", "node_id", b"node_id", "protocol_version", b"protocol_version", "running_pipeline_ids", b"running_pipeline_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hostname", b"hostname", "inventory", b"inventory", "labels", b"labels", "node_id", b"node_id", "protocol_version", b"protocol_version", "running_pipeline_ids", b"running_pipeline_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentRegistration: _TypeAlias = AgentRegistration  # noqa: Y015
+
+@_typing.final
+class NodeInventory(_message.Message):
+    """What an agent found on its node when it started, before it took any pipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___FoundContainer]:
+        """Every container on the node's engine that carries this system's pipeline label,
+        whoever's it is: an engine may be shared, and the server sorts them out.
+        """
+
+    def __init__(
+        self,
+        *,
+        containers: _abc.Iterable[Global___FoundContainer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeInventory: _TypeAlias = NodeInventory  # noqa: Y015
+
+@_typing.final
+class FoundContainer(_message.Message):
+    """A container this system labelled, as found on a node's engine."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    pipeline_id: _builtins.str
+    """Its pipeline label (io.beaglewind.gamepipeline.pipeline)."""
+    step_index: _builtins.int
+    """Its step label (io.beaglewind.gamepipeline.step); -1 when missing or not a number."""
+    name: _builtins.str
+    """The container's name, without a leading slash."""
+    running: _builtins.bool
+    """Whether the engine reports it running."""
+    def __init__(
+        self,
+        *,
+        pipeline_id: _builtins.str = ...,
+        step_index: _builtins.int = ...,
+        name: _builtins.str = ...,
+        running: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "pipeline_id", b"pipeline_id", "running", b"running", "step_index", b"step_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoundContainer: _TypeAlias = FoundContainer  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
@@ -525,11 +602,24 @@ class RegistrationAccepted(_message.Message):
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    REMOVE_CONTAINERS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     heartbeat_interval_seconds: _builtins.int
     """The interval at which the server expects heartbeats."""
     protocol_version: _builtins.int
     server_version: _builtins.str
+    @_builtins.property
+    def remove_containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___FoundContainer]:
+        """Only in answer to a registration with an inventory: the inventory's containers the
+        agent is to stop and remove. They are those of pipelines assigned to this node that
+        are now failed or canceled (settled by this registration or earlier) and not
+        listed in running_pipeline_ids, and of a step that did not complete: a completed
+        step's container is the pipeline's result and stays, and so does every container
+        of a completed pipeline, of another node's pipeline, or of a pipeline the server
+        does not know. The agent removes each only if it still carries that pipeline's
+        label, and starts no pipeline handed over on this stream before it is done.
+        """
+
     def __init__(
         self,
         *,
@@ -537,10 +627,11 @@ class RegistrationAccepted(_message.Message):
         heartbeat_interval_seconds: _builtins.int = ...,
         protocol_version: _builtins.int = ...,
         server_version: _builtins.str = ...,
+        remove_containers: _abc.Iterable[Global___FoundContainer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "node_id", b"node_id", "protocol_version", b"protocol_version", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "node_id", b"node_id", "protocol_version", b"protocol_version", "remove_containers", b"remove_containers", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,7 +18,13 @@ pipeline ending) and once a second in any case:
 - a node whose heartbeats stop for ``offline_after`` seconds is marked offline and its
   stream ended; once it has been offline for ``node_lost_after`` seconds, its running
   pipelines fail with the reason ``node_lost`` and pending ones it never acknowledged go
-  back to the queue.
+  back to the queue;
+- an agent that just started says so (its registration carries the labelled containers
+  on its engine): each pipeline the node holds and the agent does not list fails at
+  once with the reason ``agent_restarted``, naming the step cut short, and the answer
+  names the found containers to remove (``Store.settle_restart``). An older agent's
+  registration carries none; what its heartbeats keep leaving out fails after
+  ``FORGOTTEN_AFTER_HEARTBEATS`` of them (``_settle_forgotten``).
 
 Other threads (the HTTP API) reach the dispatcher only through ``wake``,
 ``cancel_on_node`` and ``connected_count``, which are safe to call from any thread.
@@ -53,7 +59,7 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.errors import NotFound
 from gamepipeline.server.messages import pipeline_message
 from gamepipeline.server.metrics import Metrics
-from gamepipeline.server.store import NodeMode, QueuedPipeline, Store
+from gamepipeline.server.store import LeftContainer, NodeMode, QueuedPipeline, Store
 from gamepipeline.wire import (
     HEARTBEAT_INTERVAL_SECONDS,
     MAX_PIPELINE_MESSAGE_BYTES,
@@ -77,6 +83,9 @@ FORGOTTEN_AFTER_HEARTBEATS: Final = 3
 #: sent on that stream again. The agent answers at once, so this only matters when the
 #: message or its answer went missing without the stream ending.
 ACK_WAIT_SECONDS: Final = 15.0
+
+#: How many unknown pipelines' ids the warning about a node's found containers names.
+UNKNOWN_SHOWN: Final = 10
 
 _session_ids = itertools.count(1)
 
@@ -193,8 +202,14 @@ class Dispatcher:
     # sessions
 
     async def attach(self, registration: pb.AgentRegistration) -> AgentSession:
-        """Register a node's new stream, ending the one it replaces."""
+        """Register a node's new stream, ending the one it replaces.
+
+        A registration with an inventory comes from an agent that just started: what
+        it does not list is settled before the answer, which names the found
+        containers to remove (``_settle_restart``).
+        """
         node_id = registration.node_id
+        remove: list[pb.FoundContainer] = []
         try:
             await self._store.register_node_async(
                 node_id,
@@ -204,6 +219,8 @@ class Dispatcher:
                 agent_version=registration.agent_version,
                 protocol_version=registration.protocol_version,
             )
+            if registration.HasField("inventory"):
+                remove = await self._settle_restart(registration)
         except asyncio.CancelledError:
             # The stream went away while its registration was being committed: the
             # node must not stay online with no stream (unless another one took over).
@@ -235,12 +252,72 @@ class Dispatcher:
                     heartbeat_interval_seconds=self.heartbeat_interval,
                     protocol_version=PROTOCOL_VERSION,
                     server_version=__version__,
+                    remove_containers=remove,
                 )
             )
         )
         self._reconcile(session)
         self._wake.set()
         return session
+
+    async def _settle_restart(
+        self, registration: pb.AgentRegistration
+    ) -> list[pb.FoundContainer]:
+        """Settle what a just-started agent no longer knows (``Store.settle_restart``)
+        and answer the found containers it is to remove."""
+        node_id = registration.node_id
+        found = registration.inventory.containers
+        outcome = await self._store.settle_restart(
+            node_id,
+            registration.running_pipeline_ids,
+            [LeftContainer(c.pipeline_id, c.step_index, c.name) for c in found],
+        )
+        for pipeline_id, step in outcome.failed:
+            log.warning(
+                "node %s restarted without pipeline %s; failed it (step %s cut short)",
+                node_id,
+                pipeline_id,
+                "none" if step is None else step,
+                extra=ids(pipeline_id, step, node_id=node_id),
+            )
+        self._log_unknown(node_id, outcome.unknown)
+        doomed = {(c.pipeline_id, c.name) for c in outcome.remove}
+        remove = [c for c in found if (c.pipeline_id, c.name) in doomed]
+        if remove:
+            log.info(
+                "node %s: telling its agent to remove containers %s",
+                node_id,
+                ", ".join(f"{c.name} ({c.pipeline_id})" for c in remove),
+                extra=ids(node_id=node_id),
+            )
+        if outcome.failed:
+            self._wake.set()
+        return remove
+
+    def _log_unknown(self, node_id: str, unknown: list[str]) -> None:
+        """Say which found containers belong to pipelines this server never saw (an
+        engine shared with another server, a database replaced): left alone."""
+        if not unknown:
+            return
+        for pipeline_id in unknown:
+            log.debug(
+                "node %s has containers of pipeline %s, which this server does not "
+                "know; leaving them alone",
+                node_id,
+                pipeline_id,
+                extra=ids(pipeline_id, node_id=node_id),
+            )
+        shown = ", ".join(sorted(unknown)[:UNKNOWN_SHOWN])
+        more = len(unknown) - UNKNOWN_SHOWN
+        log.warning(
+            "node %s has containers of %d pipelines this server does not know; "
+            "leaving them alone: %s%s",
+            node_id,
+            len(unknown),
+            shown,
+            f" and {more} more" if more > 0 else "",
+            extra=ids(node_id=node_id),
+        )
 
     def detach(self, session: AgentSession) -> None:
         """A stream ended; the node goes offline unless a newer stream replaced it."""
@@ -273,7 +350,10 @@ class Dispatcher:
 
     async def _settle_forgotten(self, session: AgentSession) -> None:
         """Fail what the node holds but has stopped listing, heartbeat after heartbeat:
-        its agent restarted without the run's records and no report will come."""
+        its agent restarted without the run's records and no report will come.
+
+        The fallback for agents that do not send an inventory when they start; one
+        that does has had this settled at registration (``_settle_restart``)."""
         missing: dict[str, int] = {}
         for pipeline_id in self._store.active_on_node(session.node_id):
             if pipeline_id in session.running or pipeline_id in session.sent:

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -42,6 +42,7 @@ from gamepipeline.pipeline.states import (
     judge_sequence,
     judge_step_move,
     steps_after_end,
+    steps_after_restart,
 )
 from gamepipeline.server.errors import Conflict, InvalidRequest, NotFound, WrongNode
 from gamepipeline.server.sealing import SecretBox, names_only
@@ -206,6 +207,26 @@ class CancelOutcome:
 class NodeLossOutcome:
     failed: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeftContainer:
+    """A container labelled with a pipeline and a step, as an agent found it."""
+
+    pipeline_id: str
+    step_index: int
+    name: str
+
+
+@dataclass(frozen=True)
+class RestartOutcome:
+    """What an agent's start settled: the pipelines failed (with the step cut short,
+    None when every step had ended), the found containers to remove, and the pipeline
+    ids of found containers this server does not know."""
+
+    failed: list[tuple[str, int | None]] = field(default_factory=list)
+    remove: list[LeftContainer] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -836,6 +857,91 @@ class Store:
 
         await self._commit_async(job)
 
+    async def settle_restart(
+        self, node_id: str, listed: Collection[str], found: Sequence[LeftContainer]
+    ) -> RestartOutcome:
+        """Settle a node whose agent just started, from what it says it knows.
+
+        ``listed`` are the pipelines the agent runs or has yet to report the end of;
+        ``found`` the labelled containers on its engine. Every running pipeline of the
+        node that it does not list fails with the reason ``agent_restarted``, and so
+        does every pending one it does not list but had acknowledged or left
+        containers of (it was taken): the step the record shows running (else the
+        first that had not ended) fails, the others not ended are skipped. Then each
+        found container of a pipeline of this node that is failed or canceled and not
+        listed is to be removed, unless its step completed (its container is the
+        result). Containers of other nodes' pipelines, of completed ones and of
+        pipelines unknown here are left alone. One commit; settling twice changes
+        nothing the second time.
+        """
+        return await self._commit_async(
+            lambda db: self._restart_job(db, node_id, set(listed), found)
+        )
+
+    def _restart_job(
+        self,
+        db: Database,
+        node_id: str,
+        listed: set[str],
+        found: Sequence[LeftContainer],
+    ) -> RestartOutcome:
+        outcome = RestartOutcome()
+        with_containers = {container.pipeline_id for container in found}
+        rows = db.conn.execute(
+            "SELECT id, state, acknowledged FROM pipelines "
+            "WHERE node_assigned = ? AND state IN (?, ?) ORDER BY created_at_ms",
+            [node_id, *_ACTIVE],
+        ).fetchall()
+        for pipeline_id, state, acknowledged in rows:
+            if pipeline_id in listed:
+                continue
+            taken = acknowledged or pipeline_id in with_containers
+            if state == PipelineState.PENDING.value and not taken:
+                continue  # never taken: it is handed over again
+            states = self._step_states(db, pipeline_id)
+            cut, moves = steps_after_restart(states)
+            self._end(
+                db,
+                pipeline_id,
+                PipelineState.FAILED,
+                EndReason.AGENT_RESTARTED,
+                restart_message(cut),
+                moves,
+            )
+            outcome.failed.append((pipeline_id, cut))
+
+        ended = (PipelineState.FAILED.value, PipelineState.CANCELED.value)
+        for container in found:
+            if container.pipeline_id in listed:
+                continue
+            row = db.conn.execute(
+                "SELECT node_assigned, state FROM pipelines WHERE id = ?",
+                [container.pipeline_id],
+            ).fetchone()
+            if row is None:
+                if container.pipeline_id not in outcome.unknown:
+                    outcome.unknown.append(container.pipeline_id)
+                continue
+            if row[0] != node_id or row[1] not in ended:
+                continue
+            step = db.conn.execute(
+                "SELECT state FROM steps WHERE pipeline_id = ? AND idx = ?",
+                [container.pipeline_id, container.step_index],
+            ).fetchone()
+            if step is not None and step[0] == StepState.COMPLETED.value:
+                continue
+            outcome.remove.append(container)
+        return outcome
+
+    def _step_states(self, db: Database, pipeline_id: str) -> list[StepState]:
+        return [
+            StepState(row[0])
+            for row in db.conn.execute(
+                "SELECT state FROM steps WHERE pipeline_id = ? ORDER BY idx",
+                [pipeline_id],
+            )
+        ]
+
     def _names_only(self, stored: str) -> str:
         """What is kept of stored env values once a run ended: their names."""
         return json.dumps(names_only(self._box.open(json.loads(stored))))
@@ -847,8 +953,10 @@ class Store:
         state: PipelineState,
         reason: EndReason,
         message: str,
+        moves: list[tuple[int, StepState, EndReason]] | None = None,
     ) -> None:
-        """End a pipeline no agent will report on, and its unfinished steps with it."""
+        """End a pipeline no agent will report on, and its unfinished steps with it
+        (by ``steps_after_end`` unless ``moves`` says how)."""
         now = self._clock()
         (env_values,) = db.conn.execute(
             "SELECT env_values FROM pipelines WHERE id = ?", [pipeline_id]
@@ -866,14 +974,9 @@ class Store:
                 "env_values": self._names_only(env_values),
             },
         )
-        states = [
-            StepState(row[0])
-            for row in db.conn.execute(
-                "SELECT state FROM steps WHERE pipeline_id = ? ORDER BY idx",
-                [pipeline_id],
-            )
-        ]
-        for index, step_state, step_reason in steps_after_end(states, reason):
+        if moves is None:
+            moves = steps_after_end(self._step_states(db, pipeline_id), reason)
+        for index, step_state, step_reason in moves:
             _update(
                 db,
                 "steps",
@@ -1080,6 +1183,20 @@ class Store:
 
 
 # --- row conversion ---------------------------------------------------------------------
+
+
+def restart_message(cut: int | None) -> str:
+    """The message of a pipeline failed because its agent restarted without its
+    records, naming the step that was cut short."""
+    if cut is None:
+        return (
+            "the agent restarted after the last step, before it reported the "
+            "pipeline's end, and came back without its records of the run"
+        )
+    return (
+        f"the agent restarted during step {cut} and came back without its records "
+        "of the run"
+    )
 
 
 def _one(db: Database, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:

@@ -163,6 +163,25 @@ def remove_named(engine: docker.DockerClient, prefix: str) -> None:
                 engine.api.remove_container(found["Id"], force=True)
 
 
+def marked_processes(pipeline_id: str) -> list[int]:
+    """Live processes whose environment carries the pipeline's run marker (the
+    ansible-playbook of its run and everything under it)."""
+    marker = f"GAMEPIPELINE_PIPELINE_ID={pipeline_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if "State:\tZ" in (entry / "status").read_text():
+                continue  # a zombie: dead, waiting for its parent
+        except OSError:
+            continue
+        found.append(int(entry.name))
+    return found
+
+
 class EngineEvents:
     """Container starts as the engine announces them, recorded from the moment this is
     made (the engine keeps only its last few hundred events for later questions)."""

@@ -75,6 +75,7 @@ class AgentPeer:
         capacity: int = 2,
         running: tuple[str, ...] = (),
         protocol_version: int = PROTOCOL_VERSION,
+        inventory: pb.NodeInventory | None = None,
     ) -> pb.RegistrationAccepted:
         self.open(
             pb.PipelineStreamRequest(
@@ -86,6 +87,7 @@ class AgentPeer:
                     agent_version="peer",
                     protocol_version=protocol_version,
                     running_pipeline_ids=list(running),
+                    inventory=inventory,
                 )
             )
         )

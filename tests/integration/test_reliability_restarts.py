@@ -9,13 +9,17 @@ points and started again, then the server's records held to the engine's ground 
   reason agent_restarted naming the step, removes that step's container, and no
   container is started twice;
 - both killed mid-step: the agent comes back first and journals while the server is
-  still away; once the server is back the same ending arrives, once.
+  still away; once the server is back the same ending arrives, once;
+- agent killed mid-step and started again without its work dir: it kills the orphaned
+  playbook, the server settles the run at registration and names the containers to
+  remove; other nodes' containers on the same engine are left alone.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +27,24 @@ import docker
 import pytest
 import yaml
 
-from .conftest import Process, Server
+from .conftest import PIPELINE_LABEL, Process, Server
 from .reliability import (
     FAST_SERVER,
     IMAGE,
     EngineEvents,
     Expected,
     check_against_engine,
-    database_row,
     labelled,
     launch_agent,
     launch_server,
+    marked_processes,
     node_state,
     remove_named,
     running_names,
     wait_until,
 )
+
+STEP_LABEL = "io.beaglewind.gamepipeline.step"
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
 
@@ -248,34 +254,122 @@ def test_server_and_agent_killed_mid_step_settle_once_both_are_back(
     wait_until(lambda: not list(journal.glob("*.pb")), 10, "the journal to empty")
 
 
-def test_agent_back_without_its_work_dir_has_its_forgotten_run_failed(
+def three_steps(run_id: str, seconds: int) -> str:
+    """A service that stays (the result of step 0), a script step of ``seconds``, and
+    a service that would start after it."""
+    return yaml.safe_dump(
+        {
+            "name": "reliability-reconcile",
+            "steps": [
+                {"name": "db", "type": "service", "container": {
+                    "image": IMAGE, "container_name": f"gp-{run_id}-db"}},
+                {"name": "slow", "container": {
+                    "image": IMAGE, "container_name": f"gp-{run_id}-slow",
+                    "commands": [f"sleep {seconds}"]}},
+                {"name": "game", "type": "service", "container": {
+                    "image": IMAGE, "container_name": f"gp-{run_id}-game"}},
+            ],
+        }
+    )  # fmt: skip
+
+
+def labelled_container(
+    engine: docker.DockerClient, name: str, pipeline_id: str, step: int
+) -> None:
+    """A running container labelled as step ``step`` of ``pipeline_id``, as some
+    other run on the same engine would leave it."""
+    engine.containers.run(
+        IMAGE, ["sleep", "300"], name=name, detach=True,
+        labels={PIPELINE_LABEL: pipeline_id, STEP_LABEL: str(step)},
+    )  # fmt: skip
+
+
+def test_agent_back_without_its_work_dir_settles_at_once_and_leaves_nothing_behind(
     tmp_path: Path,
     docker_client: docker.DockerClient,
+    events: EngineEvents,
     processes: list[Process],
     run_id: str,
 ) -> None:
-    """A node reimaged mid-run: the new agent has no marker and no journal. It lists
-    nothing, heartbeat after heartbeat, so the server fails the run it holds for the
-    node with the reason agent_restarted instead of showing it running for ever."""
-    node_id = f"node-{run_id}"
-    server = launch_server(tmp_path, *FAST_SERVER)
+    """A node reimaged mid-step: the new agent has no marker and no journal. Before it
+    registers it kills the playbook its predecessor left running (found by its run
+    markers in /proc) and lists the labelled containers on its engine. The server
+    fails the run at registration, not heartbeats later (every 10 s here, 3 needed),
+    naming the step cut short, and has the agent remove that step's container; the
+    completed step's container stays, the next step's never starts, and another
+    node's container and one of a pipeline the server does not know are untouched."""
+    node_id, other_id = f"node-{run_id}", f"other-{run_id}"
+    server = launch_server(tmp_path)
     processes.append(server)
     agent = launch_agent(tmp_path, server.grpc_address, node_id)
-    processes.append(agent)
-    wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
-    pipeline_id = server.api.submit(two_steps(run_id, ["sleep 60"]), node=node_id)
-    wait_step_running(server, pipeline_id)
+    other = launch_agent(tmp_path, server.grpc_address, other_id, name="other")
+    processes += [agent, other]
+    for node in (node_id, other_id):
+        wait_until(
+            lambda n=node: node_state(server, n) == "online", 30, "agents online"
+        )
+
+    # Another node's failed pipeline, with a container of its failed step on this
+    # same engine, and a container of a pipeline this server never saw.
+    foreign = server.api.submit(two_steps(run_id, ["exit 3"], "f"), node=other_id)
+    assert server.api.wait(foreign, timeout=60)["state"] == "failed"
+    labelled_container(docker_client, f"gp-{run_id}-foreign", foreign, 0)
+    unknown = f"unknown-{run_id}"
+    labelled_container(docker_client, f"gp-{run_id}-unknown", unknown, 1)
+
+    pipeline_id = server.api.submit(three_steps(run_id, 20), node=node_id)
+    slow, game = f"gp-{run_id}-slow", f"gp-{run_id}-game"
+    wait_until(
+        lambda: slow in running_names(docker_client, pipeline_id),
+        60,
+        "the script step's container",
+    )
+    step_started = time.monotonic()
+    wait_step_running(server, pipeline_id, 1)
 
     agent.stop(signal.SIGKILL)
-    # Moved, not deleted: the killed agent's ansible-playbook (its own session) may
-    # still write there for a moment; for the new agent the folder is gone either way.
+    # The killed agent's playbook runs on in its own session (on this engine until
+    # the step's task ends and it writes to the dead agent's terminal: 20 s here).
+    orphans = marked_processes(pipeline_id)
+    assert orphans, "no process of the run carries its marker"
     (tmp_path / "agent-work").rename(tmp_path / "agent-work-lost")
+    restarted_at = time.monotonic()
     restarted = launch_agent(tmp_path, server.grpc_address, node_id)
     processes.append(restarted)
-    final = server.api.wait(pipeline_id, timeout=30)
+    final = server.api.wait(pipeline_id, timeout=60)
+    settled_in = time.monotonic() - restarted_at
 
+    print(f"settled {settled_in:.1f} s after the new agent was started")
+    assert settled_in < 20, f"took {settled_in:.1f} s: the heartbeat fallback's pace"
     assert (final["state"], final["reason"]) == ("failed", "agent_restarted"), final
-    assert [s["state"] for s in final["steps"]] == ["failed", "skipped"]
-    stored = database_row(server.db_path, pipeline_id)
-    assert (stored["state"], stored["reason"]) == ("failed", "agent_restarted")
-    assert "no longer knows this run" in final["message"]
+    assert "the agent restarted during step 1" in final["message"], final
+    assert "without its records" in final["message"], final
+    assert [s["state"] for s in final["steps"]] == ["completed", "failed", "skipped"]
+    assert final["steps"][1]["reason"] == "agent_restarted", final
+    assert not any(p in marked_processes(pipeline_id) for p in orphans)
+    assert "killed leftover process group" in restarted.log.read_text()
+
+    db = f"gp-{run_id}-db"
+    wait_until(
+        lambda: {c.name for c in labelled(docker_client, pipeline_id)} == {db},
+        30,
+        lambda: f"containers left: {labelled(docker_client, pipeline_id)}",
+    )
+    # Past the end the script step would have had, had its playbook lived on.
+    time.sleep(max(0.0, step_started + 24 - time.monotonic()))
+    check_against_engine(
+        server,
+        docker_client,
+        pipeline_id,
+        Expected("failed", "agent_restarted", ["completed", "failed", "skipped"], {db}),
+        events=events,
+    )
+    assert events.starts(pipeline_id)[game] == 0, "the next step's container started"
+    assert marked_processes(pipeline_id) == []
+
+    assert running_names(docker_client, foreign) == {f"gp-{run_id}-foreign"}
+    assert running_names(docker_client, unknown) == {f"gp-{run_id}-unknown"}
+    assert f"containers of pipeline {unknown}, which this server does not know" in (
+        server.log.read_text()
+    )
+    assert "no longer knows this run" not in final["message"]

@@ -14,6 +14,7 @@ from gamepipeline.pipeline.states import (
     judge_sequence,
     judge_step_move,
     steps_after_end,
+    steps_after_restart,
 )
 
 P = PipelineState
@@ -93,6 +94,30 @@ def test_server_ending_fails_the_running_step_and_skips_the_pending_ones() -> No
         (1, S.FAILED, EndReason.NODE_LOST),
         (2, S.SKIPPED, EndReason.NODE_LOST),
     ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "cut", "moves"),
+    [
+        # The running step was cut short; the completed one keeps its state.
+        ([S.COMPLETED, S.RUNNING, S.PENDING], 1, [(1, S.FAILED), (2, S.SKIPPED)]),
+        # Between two steps: the next one may have begun.
+        ([S.COMPLETED, S.PENDING, S.PENDING], 1, [(1, S.FAILED), (2, S.SKIPPED)]),
+        # Taken, no step reported yet.
+        ([S.PENDING, S.PENDING], 0, [(0, S.FAILED), (1, S.SKIPPED)]),
+        # Every step ended; only the pipeline's own report was lost.
+        ([S.COMPLETED, S.COMPLETED], None, []),
+    ],
+)
+def test_agent_restart_fails_the_step_cut_short_and_skips_the_rest(
+    steps: list[StepState],
+    cut: int | None,
+    moves: list[tuple[int, StepState]],
+) -> None:
+    assert steps_after_restart(steps) == (
+        cut,
+        [(index, state, EndReason.AGENT_RESTARTED) for index, state in moves],
+    )
 
 
 def test_canceled_timeout_and_failed_are_distinct_reasons() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from gamepipeline.pipeline.states import EndReason, PipelineState, StepState
 from gamepipeline.server.errors import Conflict, InvalidRequest, NotFound, WrongNode
 from gamepipeline.server.store import (
     OUTPUT_TAIL_LIMIT,
+    LeftContainer,
     NewPipeline,
     PipelineReport,
     StepReport,
@@ -241,3 +243,56 @@ def test_nodes_are_offline_after_a_restart(tmp_path: Path) -> None:
 
     assert store.mark_all_nodes_offline() == ["n1"]
     assert not store.list_nodes()[0].online
+
+
+def test_agent_start_fails_what_it_no_longer_knows_and_names_containers_to_remove(
+    store: Store,
+) -> None:
+    """Issue 4: what a just-started agent does not list is settled once, and only its
+    node's failed or canceled pipelines' unfinished steps lose their containers."""
+    cut = store.create_pipeline(new_pipeline(steps=3))
+    listed = store.create_pipeline(new_pipeline())
+    untaken = store.create_pipeline(new_pipeline())
+    foreign = store.create_pipeline(new_pipeline())
+    for pid in (cut, listed, untaken):
+        assert store.assign(pid, "n1")
+    assert store.assign(foreign, "n2")
+    store.apply_pipeline_report(pipeline_report(cut, PipelineState.RUNNING, 1))
+    store.apply_step_report(step_report(cut, 0, StepState.COMPLETED, 2))
+    store.apply_step_report(step_report(cut, 1, StepState.RUNNING, 3))
+    store.apply_pipeline_report(pipeline_report(listed, PipelineState.RUNNING, 1))
+    store.apply_pipeline_report(
+        pipeline_report(foreign, PipelineState.FAILED, 1, node="n2")
+    )
+    found = [
+        LeftContainer(cut, 0, "db"),
+        LeftContainer(cut, 1, "slow"),
+        LeftContainer(cut, 2, "game"),
+        LeftContainer(listed, 0, "listed"),
+        LeftContainer(foreign, 0, "foreign"),
+        LeftContainer("never-seen", 0, "stranger"),
+    ]
+
+    outcome = asyncio.run(store.settle_restart("n1", [listed], found))
+
+    assert outcome.failed == [(cut, 1)]
+    assert [c.name for c in outcome.remove] == ["slow", "game"]
+    assert outcome.unknown == ["never-seen"]
+    record = store.get_pipeline(cut)
+    assert (record.state, record.reason) == (
+        PipelineState.FAILED,
+        EndReason.AGENT_RESTARTED,
+    )
+    assert record.message.startswith("the agent restarted during step 1 ")
+    assert [(s.state, s.reason) for s in store.get_steps(cut)] == [
+        (StepState.COMPLETED, EndReason.NONE),
+        (StepState.FAILED, EndReason.AGENT_RESTARTED),
+        (StepState.SKIPPED, EndReason.AGENT_RESTARTED),
+    ]
+    assert store.get_pipeline(listed).state is PipelineState.RUNNING
+    assert store.get_pipeline(untaken).state is PipelineState.PENDING
+
+    again = asyncio.run(store.settle_restart("n1", [listed], found))
+    assert again.failed == []
+    assert [c.name for c in again.remove] == ["slow", "game"]
+    assert store.get_pipeline(cut) == record
