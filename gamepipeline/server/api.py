@@ -284,8 +284,9 @@ NODE_ACTIONS: Final = {
 
 
 def _cancel_all_on(node_id: str, store: Store, dispatch: Dispatch) -> None:
-    """Cancel every pending and running pipeline of a node being disabled."""
-    for pipeline_id in store.active_on_node(node_id):
+    """Cancel every pending and running pipeline of a node being disabled, those
+    queued for it by name included."""
+    for pipeline_id in store.held_or_awaited_by(node_id):
         try:
             outcome = store.cancel(pipeline_id)
         except Conflict:

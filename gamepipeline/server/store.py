@@ -1163,6 +1163,16 @@ class Store:
         )
         return [row[0] for row in rows]
 
+    def held_or_awaited_by(self, node_id: str) -> list[str]:
+        """Ids of the pending and running pipelines assigned to a node, and of the
+        pending ones waiting for it by name (not yet assigned), oldest first."""
+        rows = self._db().conn.execute(
+            "SELECT id FROM pipelines WHERE state IN (?, ?) AND (node_assigned = ? "
+            "OR (node_assigned IS NULL AND node_requested = ?)) ORDER BY created_at_ms",
+            [*_ACTIVE, node_id, node_id],
+        )
+        return [row[0] for row in rows]
+
     def list_nodes(self) -> list[NodeRecord]:
         rows = self._db().query("SELECT * FROM nodes ORDER BY node_id")
         return [_node(row) for row in rows]

@@ -124,6 +124,24 @@ def test_disabling_a_node_cancels_what_it_runs_and_what_waits_for_it(
     eventually(lambda: _assert_in("disabled", api.pipeline(later)["message"]))
 
 
+def test_disabling_a_node_cancels_the_pipelines_queued_for_it(
+    api: Api, peers: Callable[[str], AgentPeer]
+) -> None:
+    peer = peers("node-a")
+    peer.register(capacity=1)
+    assert node_action(api, "node-a", "maintenance").status_code == 200
+    queued = api.submit(node="node-a")
+    eventually(lambda: _assert_in("maintenance", api.pipeline(queued)["message"]))
+    elsewhere = api.submit(node="node-b")
+
+    assert node_action(api, "node-a", "disable").status_code == 200
+
+    assert api.pipeline(queued)["state"] == "canceled"
+    assert api.pipeline(elsewhere)["state"] == "pending"
+    assert node_action(api, "node-a", "enable").status_code == 200
+    peer.expect_nothing(within=1.5)  # nothing of it runs once the node is back
+
+
 def test_an_unknown_node_or_action_is_answered_404_naming_it(api: Api) -> None:
     unknown_node = node_action(api, "ghost", "maintenance")
     unknown_action = node_action(api, "ghost", "reboot")
