@@ -21,6 +21,7 @@ so the agent stays a factor of two inside the server's limit.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from gamepipeline.proto import gamepipeline_pb2 as pb
@@ -85,3 +86,21 @@ HEARTBEAT_INTERVAL_SECONDS: Final[int] = 10
 #: The server marks a node offline when no heartbeat arrived for this long: three missed
 #: heartbeats, so one slow or lost message does not flap the node.
 NODE_OFFLINE_AFTER_SECONDS: Final[int] = 30
+
+
+# --- node ids ---------------------------------------------------------------------------
+
+#: A node id: what an agent registers as and a submission's ``node`` names. Host-name
+#: like, so that it can be typed, logged and put in a URL as it is.
+NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def node_id_problem(node_id: str) -> str | None:
+    """Why ``node_id`` is not a node id, or None if it is one."""
+    if NODE_ID_PATTERN.fullmatch(node_id):
+        return None
+    shown = node_id if len(node_id) <= 40 else node_id[:40] + "..."
+    return (
+        f"{shown!r} is not a node id: use 1 to 128 letters, digits, '.', '_', ':' or "
+        "'-', starting with a letter or digit"
+    )

@@ -59,6 +59,9 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if not self.node_id:
             raise ValueError("node_id is empty; give each GameNode a unique id")
+        problem = wire.node_id_problem(self.node_id)
+        if problem:
+            raise ValueError(f"node_id: {problem}")
         if self.capacity < 1:
             raise ValueError(f"capacity {self.capacity} is below 1")
         if self.heartbeat_interval <= 0:

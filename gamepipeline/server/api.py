@@ -144,10 +144,22 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> tuple[Response, int]:
+        if err.code == 413:
+            return _error(
+                f"the request body is larger than the {MAX_BODY_BYTES // 1024} KiB a "
+                "submission may be; large files belong in a download step, not in "
+                "the pipeline or its args and envs"
+            ), 413
         return _error(err.description or err.name), err.code or 500
 
     @app.post("/api/pipelines")
     def submit() -> tuple[Response, int, dict[str, str]]:
+        repeated = sorted(k for k, v in request.args.lists() if len(v) > 1)
+        if repeated:
+            raise InvalidRequest(
+                "a query parameter is given more than once",
+                [Problem(k, "given more than once; give it once") for k in repeated],
+            )
         raw, query = request.get_data(), request.args.to_dict()
         try:
             submission = catalog.read(raw, query) or read_submission(raw, query)

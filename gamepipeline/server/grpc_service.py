@@ -57,7 +57,7 @@ from gamepipeline.server.messages import pipeline_report, step_report
 from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.security import Security, bearer_token
 from gamepipeline.server.store import ReportOutcome, StepReport, Store
-from gamepipeline.wire import AUTH_METADATA_KEY, PROTOCOL_VERSION
+from gamepipeline.wire import AUTH_METADATA_KEY, PROTOCOL_VERSION, node_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,9 @@ async def _registration(
     registration = first.register
     if not registration.node_id:
         raise InvalidRequest("register has an empty node_id; give the node's fleet id")
+    problem = node_id_problem(registration.node_id)
+    if problem:
+        raise InvalidRequest(f"register: node_id {problem}")
     if registration.protocol_version != PROTOCOL_VERSION:
         raise UnsupportedProtocol(
             f"node {registration.node_id} speaks protocol version "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -27,6 +28,7 @@ from gamepipeline.pipeline import bind, load_template, parse_document
 from gamepipeline.pipeline.errors import PipelineError, Problem, ValidationError
 from gamepipeline.server.errors import InvalidRequest
 from gamepipeline.server.store import NewPipeline
+from gamepipeline.wire import node_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,10 @@ def prepare(submission: Submission) -> NewPipeline:
             "envs": submission.envs,
         }
     )
+    if submission.node is not None:
+        problem = node_id_problem(submission.node)
+        if problem:
+            unstorable.append(Problem("node", problem))
     if unstorable:
         raise _invalid("the submission holds text that cannot be stored", unstorable)
     try:
@@ -149,7 +155,17 @@ def _unstorable(data: Any, path: str = "") -> list[Problem]:
                     "text; send valid Unicode",
                 )
             ]
+        if "\x00" in data:
+            return [
+                Problem(
+                    path or "(body)",
+                    "holds a NUL character (\\u0000), which no command, name or "
+                    "environment variable can carry; remove it",
+                )
+            ]
         return []
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(path, f"{data} is not a number a pipeline can use")]
     if isinstance(data, bool):
         return []
     if isinstance(data, int) and abs(data) > _LARGEST_INTEGER:

@@ -299,6 +299,7 @@ def test_bodies_and_documents_past_the_limits_are_clear_4xx(server: Server) -> N
     big = b"name: x\n" + b"#" * (1024 * 1024 + 10)
     status, _, body = api.request("POST", "/api/pipelines", big, "application/yaml")
     assert status == 413, body
+    assert "larger than the 1024 KiB" in body["error"]
 
     step = {"name": "s", "container": {"image": "gamepipeline/stand-in:busybox"}}
     long = yaml.safe_dump({"name": "long", "steps": [step] * 101}).encode()

@@ -312,6 +312,49 @@ def _envelope(document: dict[str, Any], **extra: Any) -> str:
             "steps[0].timeout",
             id="duration-beyond-a-year",
         ),
+        pytest.param(
+            {
+                "name": "s",
+                "steps": [
+                    {"name": "a", "container": {"image": "i", "commands": ["a\x00b"]}}
+                ],
+            },
+            {},
+            "pipeline.steps[0].container.commands[0]",
+            id="nul-in-a-command",
+        ),
+        pytest.param(
+            {
+                "name": "s",
+                "args": ["A"],
+                "steps": [{"name": "a", "container": {"image": "i"}}],
+            },
+            {"args": {"A": "x\x00y"}},
+            "args.A",
+            id="nul-in-an-arg",
+        ),
+        pytest.param(
+            {
+                "name": "s",
+                "timeout": float("nan"),
+                "steps": [{"name": "a", "container": {"image": "i"}}],
+            },
+            {},
+            "pipeline.timeout",
+            id="nan",
+        ),
+        pytest.param(
+            {"name": "s", "steps": [{"name": "a", "container": {"image": "i"}}]},
+            {"node": " node-a "},
+            "node",
+            id="node-id-with-spaces",
+        ),
+        pytest.param(
+            {"name": "s", "steps": [{"name": "a", "container": {"image": "i"}}]},
+            {"node": "\u202enode"},
+            "node",
+            id="node-id-with-a-direction-mark",
+        ),
     ],
 )
 def test_text_or_numbers_that_cannot_be_stored_answer_400_not_500(
@@ -362,3 +405,11 @@ def test_a_pipeline_for_a_node_that_never_connected_says_so(api: Api) -> None:
     assert waiting["state"] == "pending"
     assert "gamenode-typo" in waiting["message"]
     assert "check the node id" in waiting["message"]
+
+
+def test_a_query_parameter_given_twice_answers_400_naming_it(api: Api) -> None:
+    answer = post(api, _envelope(GAME_DOCUMENT), "?arg.PORT=1&arg.PORT=2")
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["problems"][0]["path"] == "arg.PORT"
+    assert api.pipelines() == []
