@@ -5,7 +5,7 @@ the policy before anything reaches Docker. A step that breaks it fails the pipel
 the reason REJECTED and a message naming the step, the value and the rule
 (``policy.mount_paths``, ``policy.devices``, ``policy.privileged``,
 ``policy.capabilities``, ``policy.security_opt``, ``policy.host_namespaces``,
-``policy.runtimes``) with how to change it.
+``policy.other_containers``, ``policy.runtimes``) with how to change it.
 
 The agent configuration's ``policy`` key, every entry optional::
 
@@ -16,6 +16,8 @@ The agent configuration's ``policy`` key, every entry optional::
       capabilities: [SYS_RAWIO, SYS_NICE]   # what `cap_add` may add
       security_opt: [seccomp=unconfined]    # the `security_opt` entries allowed
       host_namespaces: false                # `network_mode: host`, `ipc: host`
+      other_containers: false               # `network_mode`/`ipc: container:NAME` of
+                                            # a container not of this pipeline
       runtimes: [runc, nvidia]              # the `runtime` values allowed
 
 The defaults let the shipped templates run on a game node laid out as the design
@@ -63,6 +65,7 @@ POLICY_KEYS: Final = (
     "capabilities",
     "security_opt",
     "host_namespaces",
+    "other_containers",
     "runtimes",
 )
 
@@ -86,6 +89,7 @@ class NodePolicy:
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     security_opt: tuple[str, ...] = DEFAULT_SECURITY_OPT
     host_namespaces: bool = False
+    other_containers: bool = False
     runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
 
     def check(
@@ -96,14 +100,16 @@ class NodePolicy:
         Host paths are judged as written and as ``resolve`` finds them on this node, so
         a symbolic link below an allowed folder cannot lead outside it.
         """
+        steps = list(steps)
+        own = {s.container.container_name for s in steps if s.container.container_name}
         problems: list[str] = []
         for index, step in enumerate(steps):
-            problems += self._step_problems(index, step, resolve)
+            problems += self._step_problems(index, step, resolve, own)
         if problems:
             raise PolicyViolation(problems)
 
     def _step_problems(
-        self, index: int, step: Step, resolve: Callable[[str], str]
+        self, index: int, step: Step, resolve: Callable[[str], str], own: set[str]
     ) -> list[str]:
         where = f"steps[{index}] ({step.name})"
         container = step.container
@@ -166,6 +172,19 @@ class NodePolicy:
                         "which policy.host_namespaces (false) refuses; publish ports "
                         "or use shm_size instead, or allow it in the node's policy"
                     )
+        for field, value in (
+            ("network_mode", container.network_mode),
+            ("ipc", container.ipc),
+        ):
+            kind, _, other = (value or "").strip().partition(":")
+            if kind.lower() != "container" or self.other_containers or other in own:
+                continue
+            problems.append(
+                f"{where}: {field}: container:{other} joins the namespace of a "
+                "container that is not one of this pipeline's, which "
+                "policy.other_containers (false) refuses; join a container an "
+                "earlier step of the pipeline starts, or allow it in the node's policy"
+            )
         if container.runtime is not None and container.runtime not in self.runtimes:
             problems.append(
                 f"{where}: runtime {container.runtime} is not in policy.runtimes "
@@ -197,7 +216,7 @@ def policy_from_settings(raw: Any) -> NodePolicy:
     for key in ("mount_paths", "devices"):
         if key in raw:
             values[key] = _absolute_paths(raw[key], f"policy.{key}")
-    for key in ("privileged", "host_namespaces"):
+    for key in ("privileged", "host_namespaces", "other_containers"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 raise ValueError(f"policy.{key}: {raw[key]!r} is not true or false")

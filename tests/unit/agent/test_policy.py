@@ -95,7 +95,32 @@ def test_host_namespaces_are_refused_unless_the_policy_allows_them(field: str) -
     assert f"{field}: host" in message and "policy.host_namespaces" in message
 
     NodePolicy(host_namespaces=True).check(steps_of({field: "host"}))
-    NodePolicy().check(steps_of({field: "container:other"}))
+    NodePolicy(other_containers=True).check(steps_of({field: "container:other"}))
+
+
+@pytest.mark.parametrize("field", ["network_mode", "ipc"])
+def test_joining_a_container_outside_the_pipeline_is_refused(field: str) -> None:
+    template = load_template(
+        {
+            "name": "t",
+            "steps": [
+                {"name": "db", "container": {"image": "i", "container_name": "db"}},
+                {"name": "game", "container": {"image": "i", field: "container:db"}},
+                {"name": "spy", "container": {"image": "i", field: "container:other"}},
+            ],
+        }
+    )
+    steps = bind(template, {}, {}).steps
+
+    with pytest.raises(PolicyViolation) as caught:
+        NodePolicy().check(steps)
+    assert caught.value.problems == [
+        f"steps[2] (spy): {field}: container:other joins the namespace of a container "
+        "that is not one of this pipeline's, which policy.other_containers (false) "
+        "refuses; join a container an earlier step of the pipeline starts, or allow it "
+        "in the node's policy"
+    ]
+    NodePolicy(other_containers=True).check(steps)
 
 
 def test_runtimes_outside_the_list_are_refused() -> None:
