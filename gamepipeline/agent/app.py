@@ -22,7 +22,8 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
@@ -278,12 +279,41 @@ class Agent:
                 del self._runs[run.pipeline_id]
 
 
+#: The file in an agent's work dir that names the node whose runs it holds.
+NODE_ID_FILE: Final = "node-id"
+
+
+def claim_work_dir(work_dir: Path, node_id: str) -> None:
+    """Make ``work_dir`` this node's, or refuse it if it holds another node's runs.
+
+    The journal and run markers in a work dir are reports and runs of the node that
+    wrote them; an agent of another node id could neither deliver them (the server
+    takes reports only from the node a pipeline is assigned to) nor settle them.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    marker = work_dir / NODE_ID_FILE
+    try:
+        owner = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner and owner != node_id:
+        raise AgentError(
+            f"work dir {work_dir} holds the runs and reports of node {owner}, not "
+            f"{node_id}; start this agent with --node-id {owner}, or give node "
+            f"{node_id} a work dir of its own"
+        )
+    if not owner:
+        partial = marker.with_suffix(".partial")
+        partial.write_text(node_id + "\n", encoding="utf-8")
+        partial.replace(marker)
+
+
 class RunningAgent:
     """An agent running in background threads; ``stop()`` ends it."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        config.work_dir.mkdir(parents=True, exist_ok=True)
+        claim_work_dir(config.work_dir, config.node_id)
         self.reporter = Reporter(config.node_id, config.journal_dir)
         self.agent = Agent(config, self.reporter)
         self.connection = Connection(config, self.agent, self.reporter.set_stub)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Problem, ValidationError
-from .expressions import Reference, map_strings, substitute
+from .expressions import (
+    SCRIPT_VARIABLE_PREFIX,
+    ExpressionError,
+    Reference,
+    map_strings,
+    script_variable,
+    substitute,
+    substitute_in_script,
+)
 from .loading import validate_model
 from .model import Step, Template
 
@@ -57,12 +65,16 @@ def bind(
         return (used_args if ref.kind == "args" else used_envs)[ref.name]
 
     document = template.to_document()
+    scripts = _take_scripts(document)
     resolved_doc: dict[str, Any] = {
         key: value
         if key in ("envs", "args")
         else map_strings(value, lambda text: substitute(text, resolve))
         for key, value in document.items()
     }
+    problems = _put_scripts_back(resolved_doc, scripts, resolve)
+    if problems:
+        raise ValidationError(problems)
     resolved = validate_model(Template, resolved_doc, bound=True)
     return BoundPipeline(template, resolved, used_args, used_envs)
 
@@ -101,4 +113,58 @@ def _check_values(
                         f"the value {given[name]!r} is not text; pass it as a string",
                     )
                 )
+    return problems
+
+
+def _take_scripts(document: dict[str, Any]) -> dict[int, list[Any]]:
+    """Take each step's ``commands`` out of ``document``, by step index: they are
+    substituted as shell (``substitute_in_script``), not as text."""
+    scripts: dict[int, list[Any]] = {}
+    for index, step in enumerate(document.get("steps") or []):
+        container = step.get("container") if isinstance(step, dict) else None
+        if isinstance(container, dict) and isinstance(container.get("commands"), list):
+            scripts[index] = container.pop("commands")
+    return scripts
+
+
+def _put_scripts_back(
+    document: dict[str, Any],
+    scripts: Mapping[int, list[Any]],
+    resolve: Callable[[Reference], str],
+) -> list[Problem]:
+    """Give each step its ``commands`` back with every expression turned into a shell
+    variable, and the variables with their values to the container's environment."""
+    problems: list[Problem] = []
+    for index, lines in scripts.items():
+        container = document["steps"][index]["container"]
+        environment = container.get("environment")
+        if not isinstance(environment, dict):
+            environment = {}
+        where = f"steps[{index}].container"
+        for name in environment:
+            if str(name).startswith(tuple(SCRIPT_VARIABLE_PREFIX.values())):
+                problems.append(
+                    Problem(
+                        f"{where}.environment.{name}",
+                        f"{name} is reserved: a commands step passes its "
+                        "${{ args.NAME }} and ${{ envs.NAME }} values in "
+                        "GAMEPIPELINE_ARG_* and GAMEPIPELINE_ENV_* variables; rename it",
+                    )
+                )
+        substituted = []
+        for number, line in enumerate(lines):
+            if not isinstance(line, str):
+                substituted.append(line)
+                continue
+            try:
+                text, used = substitute_in_script(line)
+            except ExpressionError as err:
+                problems.append(Problem(f"{where}.commands[{number}]", str(err)))
+                continue
+            substituted.append(text)
+            for ref in used:
+                environment[script_variable(ref)] = resolve(ref)
+        container["commands"] = substituted
+        if environment:
+            container["environment"] = environment
     return problems

@@ -3,6 +3,11 @@
 An expression names one declared arg or env; any other expression is an error. To write
 the characters ``${{`` literally, double the dollar sign: ``$${{`` stands for ``${{``
 and is never substituted.
+
+In a ``commands`` line (shell script) an expression is not pasted in as text, where a
+value like ``x; rm -rf /data`` would run as code: ``substitute_in_script`` turns it into
+the expansion of a shell variable that holds the value (``"${GAMEPIPELINE_ARG_NAME}"``),
+quoted for where it stands, so the value is always one literal piece of text.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .errors import Problem, join_path
 
@@ -130,3 +135,82 @@ def _undeclared(ref: Reference, names: set[str]) -> str:
         f"${{{{ {ref.kind}.{ref.name} }}}} names {ref.name!r}, which the template "
         f"does not declare in {ref.kind} (declared: {listed}); add it to {ref.kind}"
     )
+
+
+#: The shell variable that carries a value into a ``commands`` script, by kind.
+SCRIPT_VARIABLE_PREFIX: Final = {
+    "args": "GAMEPIPELINE_ARG_",
+    "envs": "GAMEPIPELINE_ENV_",
+}
+
+_UNQUOTED, _SINGLE, _DOUBLE = "unquoted", "single", "double"
+
+
+def script_variable(ref: Reference) -> str:
+    """The name of the shell variable that holds ``ref``'s value in a script."""
+    return SCRIPT_VARIABLE_PREFIX[ref.kind] + ref.name
+
+
+def substitute_in_script(text: str) -> tuple[str, list[Reference]]:
+    """A shell line with each expression replaced by its variable's expansion.
+
+    The expansion is written for the quoting it stands in: ``"${V}"`` outside quotes
+    (no word splitting, no globbing), ``${V}`` inside double quotes, and
+    ``'"${V}"'`` inside single quotes (closing and reopening them). The shell never
+    reads an expanded value as code, whatever it holds. ``$${{`` becomes ``${{``.
+    Returns the line and the references it used, in order.
+
+    Raises:
+        ExpressionError: a bad expression, or a backslash right before one.
+    """
+    parts: list[str] = []
+    used: list[Reference] = []
+    state, escaped = _UNQUOTED, False
+    pos = 0
+    for start, end, replacement in _scan(text):
+        literal = text[pos:start]
+        state, escaped = _shell_state(literal, state, escaped)
+        parts.append(literal)
+        if isinstance(replacement, Reference):
+            if escaped:
+                raise ExpressionError(
+                    "a backslash stands right before ${{ "
+                    f"{replacement.kind}.{replacement.name} }}}}; remove it (the "
+                    "value is inserted as literal text already)"
+                )
+            variable = "${" + script_variable(replacement) + "}"
+            parts.append(
+                {
+                    _UNQUOTED: f'"{variable}"',
+                    _DOUBLE: variable,
+                    _SINGLE: f"'\"{variable}\"'",
+                }[state]
+            )
+            used.append(replacement)
+        else:
+            parts.append(replacement)
+            state, escaped = _shell_state(replacement, state, escaped)
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts), used
+
+
+def _shell_state(text: str, state: str, escaped: bool) -> tuple[str, bool]:
+    """The quoting in force after ``text``: POSIX shell's quote and backslash rules,
+    enough to know where an expansion stands."""
+    for char in text:
+        if escaped:
+            escaped = False
+        elif state == _SINGLE:
+            if char == "'":
+                state = _UNQUOTED
+        elif char == "\\":
+            escaped = True
+        elif state == _DOUBLE:
+            if char == '"':
+                state = _UNQUOTED
+        elif char == "'":
+            state = _SINGLE
+        elif char == '"':
+            state = _DOUBLE
+    return state, escaped

@@ -99,10 +99,17 @@ def step_states(servicer: RecordingServicer, pid: str, index: int) -> list[int]:
 
 
 def labelled(engine: docker.DockerClient, pid: str) -> list[Any]:
-    found: list[Any] = engine.containers.list(
-        all=True, filters={"label": f"{LABEL}={pid}"}
-    )
-    return found
+    """The pipeline's containers. Listing inspects each one found; a container removed
+    in between (the agent replaces and removes them as it goes) means listing again."""
+    for _ in range(5):
+        try:
+            found: list[Any] = engine.containers.list(
+                all=True, filters={"label": f"{LABEL}={pid}"}
+            )
+        except docker.errors.NotFound:
+            continue
+        return found
+    raise AssertionError(f"containers of {pid} kept vanishing while being listed")
 
 
 def test_commands_step_exiting_3_fails_with_its_code_and_output_next_is_skipped(

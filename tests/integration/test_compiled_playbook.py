@@ -460,3 +460,49 @@ def test_service_with_a_healthcheck_is_done_when_healthy_and_fails_when_unhealth
     assert result.status == outcome, task_results(result)
     health = inspect(name)["State"]["Health"]["Status"]
     assert health == ("healthy" if outcome == "successful" else "unhealthy")
+
+
+SHELL_PAYLOADS = (
+    "a\nb",
+    "x; touch /out/pwned",
+    "$(touch /out/pwned)",
+    "`touch /out/pwned`",
+    'it\'s "quoted" \\ $HOME *',
+)
+
+
+@pytest.mark.parametrize("payload", SHELL_PAYLOADS)
+def test_an_arg_in_a_commands_line_is_text_never_shell_code(
+    run: Run, names: list[str], tmp_path: Path, payload: str
+) -> None:
+    """Found by a new user: an arg pasted into a `commands` line ran as code. Each
+    value, unquoted, in double and in single quotes, arrives as exactly one word."""
+    name = f"gp-it-shell-{uuid.uuid4().hex[:6]}"
+    names.append(f"gp-{name}-0")
+    doc = {
+        "name": "shell",
+        "args": ["A"],
+        "steps": [
+            {
+                "name": "script",
+                "container": {
+                    "image": STAND_IN,
+                    "volumes": [f"{tmp_path}:/out"],
+                    "commands": [
+                        "printf '[%s]' ${{ args.A }} > /out/unquoted",
+                        'printf "[%s]" "<${{ args.A }}>" > /out/double',
+                        "printf '[%s]' '<${{ args.A }}>' > /out/single",
+                    ],
+                },
+            }
+        ],
+    }
+    bound = bind(load_template(doc), {"A": payload}, {})
+
+    result = run(compile_playbook(bound, pipeline_id=name))
+
+    assert result.status == "successful", task_results(result)
+    assert (tmp_path / "unquoted").read_text() == f"[{payload}]"
+    assert (tmp_path / "double").read_text() == f"[<{payload}>]"
+    assert (tmp_path / "single").read_text() == f"[<{payload}>]"
+    assert not (tmp_path / "pwned").exists()

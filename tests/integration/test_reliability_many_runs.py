@@ -26,6 +26,8 @@ import docker
 import pytest
 import yaml
 
+from gamepipeline.agent.app import NODE_ID_FILE
+
 from .conftest import Process, Server
 from .reliability import (
     FAST_SERVER,
@@ -78,7 +80,7 @@ def work_dir_size(work: Path) -> tuple[int, list[str]]:
     """Bytes in the work dir's files, and the files other than fixed bookkeeping."""
     size, files = 0, []
     for path in work.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != NODE_ID_FILE:
             size += path.stat().st_size
             files.append(str(path.relative_to(work)))
     return size, files

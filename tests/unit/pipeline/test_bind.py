@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gamepipeline.pipeline import ValidationError, bind, load_template
+from gamepipeline.pipeline.model import Template
 
 from .pipeline_helpers import container_doc
 
@@ -48,11 +49,77 @@ def test_values_are_substituted_inside_longer_strings(data_dir: Path) -> None:
     assert game.ports == ["18080:8080"]
     assert game.volumes[2] == "/data/wind/volumes/i-42/system:/home/ubuntu"
     assert game.environment["PASSWD"] == "beagle_wind_passwd"
-    tgz = bound.steps[1].container.commands
-    assert tgz == [
+    tgz = bound.steps[1].container
+    # In shell lines a value travels in a variable, never as script text.
+    assert tgz.commands == [
         "mkdir -p /data/wind/volumes",
-        "tar -xvzf /data/wind/platforms/steam.tar.gz -C /data/wind/volumes/i-42",
+        'tar -xvzf /data/wind/platforms/"${GAMEPIPELINE_ARG_PLATFORM}".tar.gz '
+        '-C /data/wind/volumes/"${GAMEPIPELINE_ARG_INSTANCE}"',
     ]
+    assert tgz.environment["GAMEPIPELINE_ARG_PLATFORM"] == "steam"
+    assert tgz.environment["GAMEPIPELINE_ARG_INSTANCE"] == "i-42"
+
+
+@pytest.mark.parametrize(
+    ("line", "script"),
+    [
+        ("echo ${{ args.A }}", 'echo "${GAMEPIPELINE_ARG_A}"'),
+        ('echo "hi ${{ args.A }}!"', 'echo "hi ${GAMEPIPELINE_ARG_A}!"'),
+        ("echo 'a ${{ envs.E }} b'", "echo 'a '\"${GAMEPIPELINE_ENV_E}\"' b'"),
+        ("echo \\' ${{ args.A }}", 'echo \\\' "${GAMEPIPELINE_ARG_A}"'),
+        ("echo '$${{ args.A }}'", "echo '${{ args.A }}'"),
+    ],
+)
+def test_a_commands_value_becomes_a_shell_variable_quoted_where_it_stands(
+    line: str, script: str
+) -> None:
+    bound = bind(one_script_template(line), {"A": "x"}, {"E": "y"})
+
+    assert bound.steps[0].container.commands == [script]
+
+
+def test_a_backslash_before_an_expression_in_commands_is_refused_by_path() -> None:
+    with pytest.raises(ValidationError) as caught:
+        bind(one_script_template("echo \\${{ args.A }}"), {"A": "x"}, {"E": "y"})
+
+    assert caught.value.problems[0].path == "steps[0].container.commands[0]"
+    assert "a backslash stands right before" in caught.value.problems[0].message
+
+
+def test_the_script_variables_are_reserved_names_in_environment() -> None:
+    template = load_template(
+        {
+            "name": "t",
+            "args": ["A"],
+            "steps": [
+                {
+                    "name": "s",
+                    "container": {
+                        "image": "i",
+                        "environment": {"GAMEPIPELINE_ARG_A": "mine"},
+                        "commands": ["echo ${{ args.A }}"],
+                    },
+                }
+            ],
+        }
+    )
+    with pytest.raises(ValidationError) as caught:
+        bind(template, {"A": "x"}, {})
+
+    assert caught.value.problems[0].path == (
+        "steps[0].container.environment.GAMEPIPELINE_ARG_A"
+    )
+
+
+def one_script_template(line: str) -> Template:
+    return load_template(
+        {
+            "name": "t",
+            "args": ["A"],
+            "envs": ["E"],
+            "steps": [{"name": "s", "container": {"image": "i", "commands": [line]}}],
+        }
+    )
 
 
 def test_template_keeps_its_expressions_after_bind(data_dir: Path) -> None:
