@@ -48,6 +48,7 @@ from gamepipeline.agent.events import (
 )
 from gamepipeline.agent.markers import ActiveRuns
 from gamepipeline.agent.policy import NodePolicy, PolicyViolation
+from gamepipeline.ansible_plugins import action_plugins_env
 from gamepipeline.logs import bound, ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
@@ -501,6 +502,8 @@ class PipelineRun:
                 "ANSIBLE_REMOTE_TEMP": tmp,
                 "ANSIBLE_HOME": tmp,
                 "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
+                # The play's inspect tasks are GamePipeline's own action plugin.
+                **action_plugins_env(),
             },
             "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
             "quiet": True,
