@@ -5,7 +5,8 @@ SIGINT. ``start_agent(config)`` starts the same agent in background threads and 
 ``RunningAgent`` whose ``stop()`` ends it, for tests and embedding.
 
 When the agent starts, it settles the runs a previous agent on the same work dir left
-unfinished (``recovery``). When the agent stops, every run still going is ended by the agent itself: ansible-runner
+unfinished (``recovery``) and starts a spare ansible-playbook for the first pipeline
+(``spare``); a new spare is started each time a run ends. When the agent stops, every run still going is ended by the agent itself: ansible-runner
 is stopped, the container of the step that had not finished is removed, and the pipeline
 fails with the reason AGENT_RESTARTED ("the agent stopped during step N"). Its reports are
 journaled and delivered if the server is reachable, or by the next agent started on the
@@ -25,9 +26,10 @@ from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
 from gamepipeline.agent.events import PipelineReport, Report
 from gamepipeline.agent.markers import ActiveRuns
-from gamepipeline.agent.recovery import settle_interrupted_runs
+from gamepipeline.agent.recovery import clear_spares, settle_interrupted_runs
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
+from gamepipeline.agent.spare import SparePool
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 __all__ = [
@@ -65,6 +67,7 @@ class Agent:
         self._reporter = reporter
         self._janitor = janitor or ContainerJanitor()
         self.active = ActiveRuns(config.active_dir)
+        self.spares = SparePool(config.spares_dir, enabled=config.spare)
         self._runs: dict[str, PipelineRun] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -111,6 +114,7 @@ class Agent:
                 janitor=self._janitor,
                 active=self.active,
                 policy=self._config.policy,
+                spares=self.spares,
             )
             self._runs[pid] = run
         log.info("node %s: starting pipeline %s", node, pid)
@@ -130,6 +134,7 @@ class Agent:
     def settle_interrupted(self) -> list[str]:
         """Settle the runs a previous agent on this work dir left unfinished."""
         settled = settle_interrupted_runs(self.active, self._reporter, self._janitor)
+        clear_spares(self._config.spares_dir)
         with self._lock:
             for pid in settled:
                 self._remember_ended(pid)
@@ -158,6 +163,7 @@ class Agent:
         with self._lock:
             self._accepting = False
             runs = list(self._runs.values())
+        self.spares.close()
         for run in runs:
             run.interrupt()
         deadline = time.monotonic() + timeout
@@ -182,6 +188,9 @@ class Agent:
         with self._lock:
             if self._runs.get(run.pipeline_id) is run:
                 del self._runs[run.pipeline_id]
+        # Only now: a spare started while the run's modules work would take CPU
+        # from them.
+        self.spares.replenish()
 
 
 class RunningAgent:
@@ -213,6 +222,7 @@ class RunningAgent:
                 len(settled),
                 ", ".join(settled),
             )
+        self.agent.spares.replenish()
         self.reporter.start()
         self._thread.start()
 

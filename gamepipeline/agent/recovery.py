@@ -9,6 +9,9 @@ ansible-playbook processes are killed, the container of the step that was runnin
 stopped and removed, that step fails and the pipeline fails with the reason
 AGENT_RESTARTED ("the agent restarted during step N"), and the steps after it are skipped.
 Containers of steps that had completed stay: they are the pipeline's result.
+
+The spare the previous agent kept waiting (``spare``) had no pipeline yet: it is
+killed and removed.
 """
 
 from __future__ import annotations
@@ -85,6 +88,15 @@ def settle_interrupted_runs(
         active.remove(pid)
         settled.append(pid)
     return settled
+
+
+def clear_spares(spares_dir: Path) -> None:
+    """Remove the spares a previous agent left waiting, killing their playbooks."""
+    if not spares_dir.is_dir():
+        return
+    for spare in spares_dir.iterdir():
+        _kill_processes_using(str(spare))
+        shutil.rmtree(spare, ignore_errors=True)
 
 
 def _kill_processes_using(data_dir: str) -> None:

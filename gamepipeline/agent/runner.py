@@ -2,9 +2,11 @@
 
 Each run has a private data dir of its own under the agent's work dir (mode 0700): the
 playbook, the inventory, ansible's temp dirs and the artifacts live there and nowhere
-else, and the dir is removed once the run's events are consumed. The playbook comes
+else, and the dir is removed once the run's events are consumed. That dir is a spare's
+(``spare``): an ansible-playbook started ahead of the run, usually before the pipeline
+arrived, which waits for the run's tasks and then includes them. The tasks come
 from the pipeline language (``load_template`` → ``bind`` → ``compile_playbook`` →
-``render_playbook``); every value in it is marked unsafe, so nothing a user wrote is
+``render_tasks``); every value in them is marked unsafe, so nothing a user wrote is
 evaluated as a template, and no value travels as an extra var.
 
 ansible-runner's ``event_handler`` only puts the event on a queue and returns True; the
@@ -21,20 +23,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import re
-import secrets
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import ansible_runner
 
 from gamepipeline import pipeline as language
 from gamepipeline.agent.events import (
@@ -48,7 +44,7 @@ from gamepipeline.agent.events import (
 )
 from gamepipeline.agent.markers import ActiveRuns
 from gamepipeline.agent.policy import NodePolicy, PolicyViolation
-from gamepipeline.ansible_plugins import action_plugins_env
+from gamepipeline.agent.spare import DONE, Spare, SparePool
 from gamepipeline.logs import bound, ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
@@ -57,21 +53,12 @@ log = logging.getLogger(__name__)
 PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
 """Label the compiler puts on every container of a pipeline, with the pipeline's id."""
 
-CANCEL_POLL_SECONDS = 0.5
-"""How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
-
 CONTAINER_STOP_SECONDS = 3
-#: ansible-runner empties a task's result when its text passes MAX_EVENT_RES (700,000
-#: characters by default), and with it a `commands` step's exit code and output. Allow
-#: results up to 32 MiB: a step printing more than that loses them still.
-MAX_EVENT_RESULT_CHARS = 32 * 1024 * 1024
 """Grace a canceled step's container gets between SIGTERM and SIGKILL."""
 
 _EVENT_POLL_SECONDS = 0.2
 """Bounds how late a pipeline's own timeout is noticed while no event comes."""
 
-_RUNNER_DONE: dict[str, Any] = {"event": "gamepipeline_runner_done"}
-"""Queued (by identity) after ansible-runner's last event."""
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 _STOPPED = (RunOutcome.CANCELED, RunOutcome.TIMEOUT, RunOutcome.INTERRUPTED)
@@ -278,6 +265,8 @@ class PipelineRun:
         janitor: removes the containers of a step that will not finish.
         active: keeps this run's marker on disk while it is in progress.
         policy: what the steps may ask of this node; checked before anything runs.
+        spares: the agent's spare ansible-playbook runs; without it (or when none is
+            waiting) the run starts its own in a new dir under ``runs_dir``.
     """
 
     def __init__(
@@ -291,8 +280,10 @@ class PipelineRun:
         janitor: ContainerJanitor | None = None,
         active: ActiveRuns | None = None,
         policy: NodePolicy | None = None,
+        spares: SparePool | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._spares = spares
         self._policy = policy or NodePolicy()
         self.pipeline_id = pipeline.id
         self._runs_dir = runs_dir
@@ -301,7 +292,6 @@ class PipelineRun:
         self._on_done = on_done
         self._janitor = janitor or ContainerJanitor()
         self._active = active
-        self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stop_reason: RunOutcome | None = None
         self._stop_detail = ""
@@ -403,7 +393,8 @@ class PipelineRun:
             secrets=secrets,
         )
         self._translator = translator
-        self.data_dir = self._make_data_dir()
+        spare = self._take_spare()
+        self.data_dir = spare.data_dir
         if self._active is not None:
             # Before the first report, so a restart at any point finds the run.
             self._active.record(
@@ -417,16 +408,16 @@ class PipelineRun:
             )
         self._send(translator.start())
         if self._stop.is_set():
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            spare.discard()
             outcome = self._outcome("canceled")
             self._send(translator.finish(outcome, detail=self._stop_detail))
             return
 
         try:
-            outcome, output = self._execute(prepared, translator)
+            outcome, output = self._execute(prepared, translator, spare)
         finally:
             # Every event is consumed once the runner has ended: the dir can go.
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            spare.discard()
 
         # Clean up before the final report, so that "canceled" means it is all gone.
         cleanup = translator.unfinished_step() if outcome in _STOPPED else None
@@ -439,32 +430,32 @@ class PipelineRun:
         self._send(translator.finish(outcome, detail=self._stop_detail, output=output))
         log.info("pipeline %s: run ended %s", pid, outcome.value)
 
-    def _make_data_dir(self) -> Path:
-        self._runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = f"{_SAFE.sub('_', self.pipeline_id)}-{secrets.token_hex(4)}"
-        data_dir = self._runs_dir / name
-        (data_dir / "project").mkdir(parents=True, mode=0o700)
-        (data_dir / "tmp").mkdir(mode=0o700)
-        os.chmod(data_dir, 0o700)
-        return data_dir
+    def _take_spare(self) -> Spare:
+        """The agent's waiting spare, else a new one of this run's own (cold)."""
+        spare = self._spares.take() if self._spares is not None else None
+        if spare is None:
+            name = _SAFE.sub("_", self.pipeline_id)
+            spare = Spare.in_dir(self._runs_dir, prefix=name)
+        return spare
 
     def _execute(
-        self, prepared: Prepared, translator: EventTranslator
+        self, prepared: Prepared, translator: EventTranslator, spare: Spare
     ) -> tuple[RunOutcome, list[str]]:
-        """Run the playbook and feed its events to ``translator`` as they come."""
-        assert self.data_dir is not None
-        (self.data_dir / "project" / "main.yml").write_text(
-            language.render_playbook(prepared.playbook), encoding="utf-8"
-        )
+        """Hand the tasks to ``spare`` and feed its events to ``translator``."""
+        [play] = prepared.playbook
+        spare.hand_over(language.render_tasks(play["tasks"]), self._stop.is_set)
         limit = prepared.timeout_seconds
         deadline = time.monotonic() + limit if limit else None
         log.info(
-            "pipeline %s: starting ansible-runner in %s",
+            "pipeline %s: starting ansible-runner in %s%s",
             self.pipeline_id,
-            self.data_dir,
+            spare.data_dir,
+            " (started ahead)" if spare.started else "",
         )
-        thread, runner = ansible_runner.run_async(**self._runner_options())
-        while thread.is_alive() or not self._events.empty():
+        if not spare.started:
+            spare.start()
+        assert spare.thread is not None
+        while spare.thread.is_alive() or not spare.events.empty():
             if deadline is not None and time.monotonic() > deadline:
                 self._request_stop(
                     RunOutcome.TIMEOUT,
@@ -472,55 +463,15 @@ class PipelineRun:
                 )
                 deadline = None
             try:
-                event = self._events.get(timeout=_EVENT_POLL_SECONDS)
+                event = spare.events.get(timeout=_EVENT_POLL_SECONDS)
             except queue.Empty:
                 continue
-            if event is _RUNNER_DONE:
+            if event is DONE:
                 # Every event came before it: no need to wait for the next poll.
                 break
             self._send(translator.feed(event))
-        thread.join()
-        return self._outcome(str(runner.status)), self._stdout_lines(runner)
-
-    def _runner_options(self) -> dict[str, Any]:
-        assert self.data_dir is not None
-        bin_dir = str(Path(sys.executable).parent)
-        tmp = str(self.data_dir / "tmp")
-        return {
-            "private_data_dir": str(self.data_dir),
-            "playbook": "main.yml",
-            "inventory": (
-                "localhost ansible_connection=local "
-                f"ansible_python_interpreter={sys.executable}"
-            ),
-            "envvars": {
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                "ANSIBLE_NOCOLOR": "1",
-                "ANSIBLE_GATHERING": "explicit",
-                "ANSIBLE_RETRY_FILES_ENABLED": "0",
-                "ANSIBLE_LOCAL_TEMP": tmp,
-                "ANSIBLE_REMOTE_TEMP": tmp,
-                "ANSIBLE_HOME": tmp,
-                "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
-                # The play's inspect tasks are GamePipeline's own action plugin.
-                **action_plugins_env(),
-            },
-            "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
-            "quiet": True,
-            "event_handler": self._queue_event,
-            "finished_callback": self._runner_finished,
-            "cancel_callback": self._stop.is_set,
-        }
-
-    def _queue_event(self, event: dict[str, Any]) -> bool:
-        # Only queue: a slow handler would stall the run (F7).
-        self._events.put(event)
-        return True
-
-    def _runner_finished(self, runner: Any) -> None:
-        # ansible-runner calls it once the playbook's process is gone and its last
-        # event handed over, so the run's thread wakes at once instead of polling.
-        self._events.put(_RUNNER_DONE)
+        spare.thread.join()
+        return self._outcome(str(spare.runner.status)), self._stdout_lines(spare.runner)
 
     def _outcome(self, status: str) -> RunOutcome:
         if status == "canceled":

@@ -1,4 +1,4 @@
-"""Controller-side Ansible action plugins that compiled playbooks use.
+"""Controller-side Ansible action plugins that compiled playbooks and the agent use.
 
 They run inside ansible-playbook's forked worker, not as modules: no interpreter is
 started and no AnsiballZ payload is built for them. Ansible finds them when
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ACTION_PLUGINS = Path(__file__).resolve().parent / "action"
-"""The folder holding ``gamepipeline_inspect``."""
+"""The folder holding ``gamepipeline_inspect`` and ``gamepipeline_wait``."""
 
 
 def action_plugins_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
