@@ -26,7 +26,7 @@ from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
 from gamepipeline.agent.events import PipelineReport, Report
 from gamepipeline.agent.markers import ActiveRuns
-from gamepipeline.agent.recovery import clear_spares, settle_interrupted_runs
+from gamepipeline.agent.recovery import clear_leftover_dirs, settle_interrupted_runs
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
 from gamepipeline.agent.spare import SparePool
@@ -69,6 +69,9 @@ class Agent:
         self.active = ActiveRuns(config.active_dir)
         self.spares = SparePool(config.spares_dir, enabled=config.spare)
         self._runs: dict[str, PipelineRun] = {}
+        #: Every run whose thread has not ended, including those whose end is already
+        #: reported and that are still removing their dir: stopping waits for them.
+        self._live: set[PipelineRun] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._accepting = True
@@ -117,6 +120,7 @@ class Agent:
                 spares=self.spares,
             )
             self._runs[pid] = run
+            self._live.add(run)
         log.info("node %s: starting pipeline %s", node, pid)
         run.start()
         return pb.PipelineAck(pipeline_id=pid, accepted=True)
@@ -134,7 +138,8 @@ class Agent:
     def settle_interrupted(self) -> list[str]:
         """Settle the runs a previous agent on this work dir left unfinished."""
         settled = settle_interrupted_runs(self.active, self._reporter, self._janitor)
-        clear_spares(self._config.spares_dir)
+        clear_leftover_dirs(self._config.spares_dir)
+        clear_leftover_dirs(self._config.runs_dir)
         with self._lock:
             for pid in settled:
                 self._remember_ended(pid)
@@ -162,7 +167,7 @@ class Agent:
         """Refuse new pipelines, end the running ones, wait for them."""
         with self._lock:
             self._accepting = False
-            runs = list(self._runs.values())
+            runs = list(self._live)
         self.spares.close()
         for run in runs:
             run.interrupt()
@@ -186,6 +191,7 @@ class Agent:
 
     def _forget(self, run: PipelineRun) -> None:
         with self._lock:
+            self._live.discard(run)
             if self._runs.get(run.pipeline_id) is run:
                 del self._runs[run.pipeline_id]
         # Only now: a spare started while the run's modules work would take CPU

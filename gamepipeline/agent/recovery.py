@@ -11,7 +11,8 @@ AGENT_RESTARTED ("the agent restarted during step N"), and the steps after it ar
 Containers of steps that had completed stay: they are the pipeline's result.
 
 The spare the previous agent kept waiting (``spare``) had no pipeline yet: it is
-killed and removed.
+killed and removed, as is any other run dir left behind (a run reports its end as soon
+as its play has ended well, and removes its dir a moment later).
 """
 
 from __future__ import annotations
@@ -90,13 +91,18 @@ def settle_interrupted_runs(
     return settled
 
 
-def clear_spares(spares_dir: Path) -> None:
-    """Remove the spares a previous agent left waiting, killing their playbooks."""
-    if not spares_dir.is_dir():
+def clear_leftover_dirs(folder: Path) -> None:
+    """Remove every data dir in ``folder``, killing the playbooks working in them.
+
+    Called when the agent starts, before any run of its own: what is there is a
+    previous agent's (its waiting spare, or a run whose end it had reported and
+    whose dir it had not yet removed).
+    """
+    if not folder.is_dir():
         return
-    for spare in spares_dir.iterdir():
-        _kill_processes_using(str(spare))
-        shutil.rmtree(spare, ignore_errors=True)
+    for leftover in folder.iterdir():
+        _kill_processes_using(str(leftover))
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _kill_processes_using(data_dir: str) -> None:

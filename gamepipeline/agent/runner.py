@@ -415,9 +415,19 @@ class PipelineRun:
 
         try:
             outcome, output = self._execute(prepared, translator, spare)
+            if outcome is RunOutcome.SUCCESSFUL:
+                # Every task ended well: nothing is left to clean up, so the end is
+                # reported now, while ansible-playbook exits (≈ 0.4 s); its dir goes
+                # once it has (the agent waits for that when it stops).
+                self._send(translator.finish(outcome))
+                log.info("pipeline %s: run ended %s", pid, outcome.value)
+                return
+        except BaseException:
+            self._stop.set()  # kills the playbook, if it still runs
+            raise
         finally:
             # Every event is consumed once the runner has ended: the dir can go.
-            spare.discard()
+            spare.discard(wait=None)
 
         # Clean up before the final report, so that "canceled" means it is all gone.
         cleanup = translator.unfinished_step() if outcome in _STOPPED else None
@@ -470,8 +480,24 @@ class PipelineRun:
                 # Every event came before it: no need to wait for the next poll.
                 break
             self._send(translator.feed(event))
+            if event.get("event") == "playbook_on_stats" and self._ended_well(
+                event, translator
+            ):
+                return RunOutcome.SUCCESSFUL, []
         spare.thread.join()
         return self._outcome(str(spare.runner.status)), self._stdout_lines(spare.runner)
+
+    def _ended_well(self, stats: dict[str, Any], translator: EventTranslator) -> bool:
+        """Whether the play's closing stats say every task ended well: no failed or
+        unreachable host, no failure seen, no stop asked for. The run's outcome is
+        then known before ansible-playbook has exited."""
+        data = stats.get("event_data") or {}
+        return (
+            not data.get("failures")
+            and not data.get("dark")
+            and translator.failure_reason is None
+            and not self._stop.is_set()
+        )
 
     def _outcome(self, status: str) -> RunOutcome:
         if status == "canceled":

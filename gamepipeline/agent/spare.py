@@ -133,9 +133,11 @@ class Spare:
         os.chmod(partial, 0o600)
         partial.rename(project / TASKS_FILE)
 
-    def discard(self, wait: float = 5.0) -> None:
-        """Kill the spare's playbook (if it runs) and remove its dir."""
-        self._discarded.set()
+    def discard(self, wait: float | None = 5.0) -> None:
+        """Remove the spare's dir once its playbook has ended; an untaken spare's
+        playbook is killed first. ``wait`` bounds the wait (None: no bound)."""
+        if not self._taken:
+            self._discarded.set()
         if self.thread is not None:
             self.thread.join(wait)
         shutil.rmtree(self.data_dir, ignore_errors=True)
