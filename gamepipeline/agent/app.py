@@ -6,7 +6,7 @@ SIGINT. ``start_agent(config)`` starts the same agent in background threads and 
 
 When the agent starts, it settles the runs a previous agent on the same work dir left
 unfinished (``recovery``) and starts a spare ansible-playbook for the first pipeline
-(``spare``); a new spare is started each time a run ends. When the agent stops, every run still going is ended by the agent itself: ansible-runner
+(``spare``); a new spare is started each time one is taken. When the agent stops, every run still going is ended by the agent itself: ansible-runner
 is stopped, the container of the step that had not finished is removed, and the pipeline
 fails with the reason AGENT_RESTARTED ("the agent stopped during step N"). Its reports are
 journaled and delivered if the server is reachable, or by the next agent started on the
@@ -194,8 +194,7 @@ class Agent:
             self._live.discard(run)
             if self._runs.get(run.pipeline_id) is run:
                 del self._runs[run.pipeline_id]
-        # Only now: a spare started while the run's modules work would take CPU
-        # from them.
+        # Taking the spare started the next one; this covers a run that found none.
         self.spares.replenish()
 
 
