@@ -2,7 +2,9 @@
 
 Each run has a private data dir of its own under the agent's work dir (mode 0700): the
 playbook, the inventory, ansible's temp dirs and the artifacts live there and nowhere
-else, and the dir is removed once the run's events are consumed. That dir is a spare's
+else, and the dir is removed once the run's events are consumed and ansible-playbook has
+exited (for a run whose play ended well, a moment after its end is reported; any other
+run's end is reported after its cleanup). That dir is a spare's
 (``spare``): an ansible-playbook started ahead of the run, usually before the pipeline
 arrived, which waits for the run's tasks and then includes them. The tasks come
 from the pipeline language (``load_template`` → ``bind`` → ``compile_playbook`` →
