@@ -8,11 +8,12 @@ When the agent starts, before it registers, it kills the playbooks a previous ag
 its node left running, settles the runs a previous agent on the same work dir left
 unfinished, and lists the labelled containers on its engine for the server, which
 settles the pipelines the agent no longer knows and names the containers to remove
-(``recovery``). When the agent stops, every run still going is ended by the agent
-itself: ansible-runner is stopped, the container of the step that had not finished is
-removed, and the pipeline fails with the reason AGENT_RESTARTED ("the agent stopped
-during step N"). Its reports are journaled and delivered if the server is reachable, or
-by the next agent started on the same work dir.
+(``recovery``). It keeps a spare ansible-playbook started ahead of the next pipeline
+(``spare``); a new spare is started each time one is taken. When the agent stops, every
+run still going is ended by the agent itself: ansible-runner is stopped, the container
+of the step that had not finished is removed, and the pipeline fails with the reason
+AGENT_RESTARTED ("the agent stopped during step N"). Its reports are journaled and
+delivered if the server is reachable, or by the next agent started on the same work dir.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from gamepipeline.agent.connection import AgentError, Connection, FatalConnectio
 from gamepipeline.agent.events import PipelineReport, Report
 from gamepipeline.agent.markers import ActiveRuns
 from gamepipeline.agent.recovery import (
+    clear_leftover_dirs,
     kill_leftover_playbooks,
     settle_interrupted_runs,
 )
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
+from gamepipeline.agent.spare import SparePool
 from gamepipeline.logs import ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
@@ -77,7 +80,13 @@ class Agent:
         self._reporter = reporter
         self._janitor = janitor or ContainerJanitor()
         self.active = ActiveRuns(config.active_dir)
+        self.spares = SparePool(
+            config.spares_dir, node_id=config.node_id, enabled=config.spare
+        )
         self._runs: dict[str, PipelineRun] = {}
+        #: Every run whose thread has not ended, including those whose end is already
+        #: reported and that are still removing their dir: stopping waits for them.
+        self._live: set[PipelineRun] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._accepting = True
@@ -131,8 +140,10 @@ class Agent:
                 policy=self._config.policy,
                 node_id=node,
                 ready=self._engine_ready,
+                spares=self.spares,
             )
             self._runs[pid] = run
+            self._live.add(run)
         log.info("node %s: starting pipeline %s", node, pid)
         run.start()
         return pb.PipelineAck(pipeline_id=pid, accepted=True)
@@ -153,6 +164,8 @@ class Agent:
         if kill_leftover_playbooks(self._config.node_id, self.active):
             time.sleep(LANDING_SECONDS)
         settled = settle_interrupted_runs(self.active, self._reporter, self._janitor)
+        clear_leftover_dirs(self._config.spares_dir, self._config.node_id)
+        clear_leftover_dirs(self._config.runs_dir, self._config.node_id)
         with self._lock:
             for pid in settled:
                 self._remember_ended(pid)
@@ -250,7 +263,8 @@ class Agent:
         """Refuse new pipelines, end the running ones, wait for them."""
         with self._lock:
             self._accepting = False
-            runs = list(self._runs.values())
+            runs = list(self._live)
+        self.spares.close()
         for run in runs:
             run.interrupt()
         deadline = time.monotonic() + timeout
@@ -275,8 +289,11 @@ class Agent:
 
     def _forget(self, run: PipelineRun) -> None:
         with self._lock:
+            self._live.discard(run)
             if self._runs.get(run.pipeline_id) is run:
                 del self._runs[run.pipeline_id]
+        # Taking the spare started the next one; this covers a run that found none.
+        self.spares.replenish()
 
 
 #: The file in an agent's work dir that names the node whose runs it holds.
@@ -337,6 +354,7 @@ class RunningAgent:
                 len(settled),
                 ", ".join(settled),
             )
+        self.agent.spares.replenish()
         self.reporter.start()
         self._thread.start()
 

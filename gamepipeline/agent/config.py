@@ -38,6 +38,8 @@ class AgentConfig:
         tls_server_name: the name the server's certificate must carry, when it is not
             the host of ``server_address``.
         policy: what steps may ask of this node (mounts, devices, privileges).
+        spare: keep one ansible-playbook started ahead of the next pipeline (see
+            ``spare``); off, every run starts its own when it begins.
     """
 
     server_address: str
@@ -55,6 +57,7 @@ class AgentConfig:
     tls_key: bytes | None = field(default=None, repr=False)
     tls_server_name: str | None = None
     policy: NodePolicy = field(default_factory=NodePolicy)
+    spare: bool = True
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -80,6 +83,10 @@ class AgentConfig:
     @property
     def runs_dir(self) -> Path:
         return Path(self.work_dir) / "runs"
+
+    @property
+    def spares_dir(self) -> Path:
+        return Path(self.work_dir) / "spares"
 
     @property
     def active_dir(self) -> Path:

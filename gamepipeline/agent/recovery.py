@@ -22,12 +22,17 @@ A starting agent does three things before it registers, in this order:
    (its work dir was lost or replaced), and answers which of the found containers to
    remove: those of steps that did not complete, in this node's pipelines that are
    failed or canceled. The agent removes them (``Agent.handle_registered``).
+
+The spare the previous agent kept waiting (``spare``) had no pipeline yet: it is
+killed and removed, as is any other run dir left behind (a run reports its end as soon
+as its play has ended well, and removes its dir a moment later).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 from gamepipeline.agent.events import PipelineReport, StepReport
@@ -131,3 +136,18 @@ def _remove_unfinished_containers(
         return
     if removed:
         log.info("pipeline %s: removed leftover containers %s", pipeline_id, removed)
+
+
+def clear_leftover_dirs(folder: Path, node_id: str) -> None:
+    """Remove every data dir in ``folder``, killing the playbooks working in them.
+
+    Called when the agent starts, before any run of its own: what is there is a
+    previous agent's (its waiting spare, or a run whose end it had reported and
+    whose dir it had not yet removed).
+    """
+    if not folder.is_dir():
+        return
+    leftovers = list(folder.iterdir())
+    kill_orphans(node_id, tuple(str(path) for path in leftovers))
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)

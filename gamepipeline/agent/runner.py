@@ -2,9 +2,13 @@
 
 Each run has a private data dir of its own under the agent's work dir (mode 0700): the
 playbook, the inventory, ansible's temp dirs and the artifacts live there and nowhere
-else, and the dir is removed once the run's events are consumed. The playbook comes
+else, and the dir is removed once the run's events are consumed and ansible-playbook has
+exited (for a run whose play ended well, a moment after its end is reported; any other
+run's end is reported after its cleanup). That dir is a spare's
+(``spare``): an ansible-playbook started ahead of the run, usually before the pipeline
+arrived, which waits for the run's tasks and then includes them. The tasks come
 from the pipeline language (``load_template`` → ``bind`` → ``compile_playbook`` →
-``render_playbook``); every value in it is marked unsafe, so nothing a user wrote is
+``render_tasks``); every value in them is marked unsafe, so nothing a user wrote is
 evaluated as a template, and no value travels as an extra var.
 
 ansible-runner's ``event_handler`` only puts the event on a queue and returns True; the
@@ -16,29 +20,24 @@ step that fails may leave its container created but not started (a device or por
 could not get) or exited: it is removed if it carries this pipeline's label and is not
 running.
 
-Every run's environment carries the node's and the pipeline's ids and the agent's
-identity (``orphans.run_markers``), so that an agent started after this one died can
-find and kill a playbook left running.
+Every run's environment carries the node's id and the agent's identity
+(``orphans.run_markers``, given to the spare ansible-playbook it runs in before its
+pipeline is known), so that an agent started after this one died can find and kill a
+playbook left running.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import re
-import secrets
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import ansible_runner
 
 from gamepipeline import pipeline as language
 from gamepipeline.agent.events import (
@@ -51,8 +50,8 @@ from gamepipeline.agent.events import (
     secret_values,
 )
 from gamepipeline.agent.markers import ActiveRuns
-from gamepipeline.agent.orphans import run_markers
 from gamepipeline.agent.policy import NodePolicy, PolicyViolation
+from gamepipeline.agent.spare import DONE, Spare, SparePool
 from gamepipeline.logs import bound, ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
@@ -64,21 +63,12 @@ PIPELINE_LABEL = language.LABEL_PIPELINE
 STEP_LABEL = language.LABEL_STEP
 """Label the compiler puts on every container of a pipeline, with its step's index."""
 
-CANCEL_POLL_SECONDS = 0.5
-"""How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
-
 CONTAINER_STOP_SECONDS = 3
-#: ansible-runner empties a task's result when its text passes MAX_EVENT_RES (700,000
-#: characters by default), and with it a `commands` step's exit code and output. Allow
-#: results up to 32 MiB: a step printing more than that loses them still.
-MAX_EVENT_RESULT_CHARS = 32 * 1024 * 1024
 """Grace a canceled step's container gets between SIGTERM and SIGKILL."""
 
 _EVENT_POLL_SECONDS = 0.2
 """Bounds how late a pipeline's own timeout is noticed while no event comes."""
 
-_RUNNER_DONE: dict[str, Any] = {"event": "gamepipeline_runner_done"}
-"""Queued (by identity) after ansible-runner's last event."""
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 _STOPPED = (RunOutcome.CANCELED, RunOutcome.TIMEOUT, RunOutcome.INTERRUPTED)
@@ -311,6 +301,8 @@ class PipelineRun:
             that a later agent can tell the run's processes apart (``orphans``).
         ready: when given, the run waits for it to be set before it starts (the
             agent is still removing the containers a restart left behind).
+        spares: the agent's spare ansible-playbook runs; without it (or when none is
+            waiting) the run starts its own in a new dir under ``runs_dir``.
     """
 
     def __init__(
@@ -326,10 +318,12 @@ class PipelineRun:
         policy: NodePolicy | None = None,
         node_id: str = "",
         ready: threading.Event | None = None,
+        spares: SparePool | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._node_id = node_id
         self._ready = ready
+        self._spares = spares
         self._policy = policy or NodePolicy()
         self.pipeline_id = pipeline.id
         self._runs_dir = runs_dir
@@ -338,7 +332,6 @@ class PipelineRun:
         self._on_done = on_done
         self._janitor = janitor or ContainerJanitor()
         self._active = active
-        self._events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stop_reason: RunOutcome | None = None
         self._stop_detail = ""
@@ -442,7 +435,8 @@ class PipelineRun:
             secrets=secrets,
         )
         self._translator = translator
-        self.data_dir = self._make_data_dir()
+        spare = self._take_spare()
+        self.data_dir = spare.data_dir
         if self._active is not None:
             # Before the first report, so a restart at any point finds the run.
             self._active.record(
@@ -456,16 +450,26 @@ class PipelineRun:
             )
         self._send(translator.start())
         if self._stop.is_set():
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            spare.discard()
             outcome = self._outcome("canceled")
             self._send(translator.finish(outcome, detail=self._stop_detail))
             return
 
         try:
-            outcome, output = self._execute(prepared, translator)
+            outcome, output = self._execute(prepared, translator, spare)
+            if outcome is RunOutcome.SUCCESSFUL:
+                # Every task ended well: nothing is left to clean up, so the end is
+                # reported now, while ansible-playbook exits (≈ 0.4 s); its dir goes
+                # once it has (the agent waits for that when it stops).
+                self._send(translator.finish(outcome))
+                log.info("pipeline %s: run ended %s", pid, outcome.value)
+                return
+        except BaseException:
+            self._stop.set()  # kills the playbook, if it still runs
+            raise
         finally:
             # Every event is consumed once the runner has ended: the dir can go.
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            spare.discard(wait=None)
 
         # Clean up before the final report, so that "canceled" means it is all gone.
         cleanup = translator.unfinished_step() if outcome in _STOPPED else None
@@ -478,32 +482,32 @@ class PipelineRun:
         self._send(translator.finish(outcome, detail=self._stop_detail, output=output))
         log.info("pipeline %s: run ended %s", pid, outcome.value)
 
-    def _make_data_dir(self) -> Path:
-        self._runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = f"{_SAFE.sub('_', self.pipeline_id)}-{secrets.token_hex(4)}"
-        data_dir = self._runs_dir / name
-        (data_dir / "project").mkdir(parents=True, mode=0o700)
-        (data_dir / "tmp").mkdir(mode=0o700)
-        os.chmod(data_dir, 0o700)
-        return data_dir
+    def _take_spare(self) -> Spare:
+        """The agent's waiting spare, else a new one of this run's own (cold)."""
+        spare = self._spares.take() if self._spares is not None else None
+        if spare is None:
+            name = _SAFE.sub("_", self.pipeline_id)
+            spare = Spare.in_dir(self._runs_dir, prefix=name, node_id=self._node_id)
+        return spare
 
     def _execute(
-        self, prepared: Prepared, translator: EventTranslator
+        self, prepared: Prepared, translator: EventTranslator, spare: Spare
     ) -> tuple[RunOutcome, list[str]]:
-        """Run the playbook and feed its events to ``translator`` as they come."""
-        assert self.data_dir is not None
-        (self.data_dir / "project" / "main.yml").write_text(
-            language.render_playbook(prepared.playbook), encoding="utf-8"
-        )
+        """Hand the tasks to ``spare`` and feed its events to ``translator``."""
+        [play] = prepared.playbook
+        spare.hand_over(language.render_tasks(play["tasks"]), self._stop.is_set)
         limit = prepared.timeout_seconds
         deadline = time.monotonic() + limit if limit else None
         log.info(
-            "pipeline %s: starting ansible-runner in %s",
+            "pipeline %s: starting ansible-runner in %s%s",
             self.pipeline_id,
-            self.data_dir,
+            spare.data_dir,
+            " (started ahead)" if spare.started else "",
         )
-        thread, runner = ansible_runner.run_async(**self._runner_options())
-        while thread.is_alive() or not self._events.empty():
+        if not spare.started:
+            spare.start()
+        assert spare.thread is not None
+        while spare.thread.is_alive() or not spare.events.empty():
             if deadline is not None and time.monotonic() > deadline:
                 self._request_stop(
                     RunOutcome.TIMEOUT,
@@ -511,58 +515,31 @@ class PipelineRun:
                 )
                 deadline = None
             try:
-                event = self._events.get(timeout=_EVENT_POLL_SECONDS)
+                event = spare.events.get(timeout=_EVENT_POLL_SECONDS)
             except queue.Empty:
                 continue
-            if event is _RUNNER_DONE:
+            if event is DONE:
                 # Every event came before it: no need to wait for the next poll.
                 break
             self._send(translator.feed(event))
-        thread.join()
-        return self._outcome(str(runner.status)), self._stdout_lines(runner)
+            if event.get("event") == "playbook_on_stats" and self._ended_well(
+                event, translator
+            ):
+                return RunOutcome.SUCCESSFUL, []
+        spare.thread.join()
+        return self._outcome(str(spare.runner.status)), self._stdout_lines(spare.runner)
 
-    def _runner_options(self) -> dict[str, Any]:
-        assert self.data_dir is not None
-        bin_dir = str(Path(sys.executable).parent)
-        tmp = str(self.data_dir / "tmp")
-        return {
-            "private_data_dir": str(self.data_dir),
-            "playbook": "main.yml",
-            "inventory": (
-                "localhost ansible_connection=local "
-                f"ansible_python_interpreter={sys.executable}"
-            ),
-            "envvars": {
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                "ANSIBLE_NOCOLOR": "1",
-                "ANSIBLE_GATHERING": "explicit",
-                "ANSIBLE_RETRY_FILES_ENABLED": "0",
-                "ANSIBLE_LOCAL_TEMP": tmp,
-                "ANSIBLE_REMOTE_TEMP": tmp,
-                "ANSIBLE_HOME": tmp,
-                "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
-                **(
-                    run_markers(self._node_id, self.pipeline_id)
-                    if self._node_id
-                    else {}
-                ),
-            },
-            "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
-            "quiet": True,
-            "event_handler": self._queue_event,
-            "finished_callback": self._runner_finished,
-            "cancel_callback": self._stop.is_set,
-        }
-
-    def _queue_event(self, event: dict[str, Any]) -> bool:
-        # Only queue: a slow handler would stall the run (F7).
-        self._events.put(event)
-        return True
-
-    def _runner_finished(self, runner: Any) -> None:
-        # ansible-runner calls it once the playbook's process is gone and its last
-        # event handed over, so the run's thread wakes at once instead of polling.
-        self._events.put(_RUNNER_DONE)
+    def _ended_well(self, stats: dict[str, Any], translator: EventTranslator) -> bool:
+        """Whether the play's closing stats say every task ended well: no failed or
+        unreachable host, no failure seen, no stop asked for. The run's outcome is
+        then known before ansible-playbook has exited."""
+        data = stats.get("event_data") or {}
+        return (
+            not data.get("failures")
+            and not data.get("dark")
+            and translator.failure_reason is None
+            and not self._stop.is_set()
+        )
 
     def _outcome(self, status: str) -> RunOutcome:
         if status == "canceled":

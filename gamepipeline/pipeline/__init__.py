@@ -7,7 +7,8 @@ Nothing in this package does I/O; it can be tested alone. The public API:
 - ``bind(template, args, envs)`` checks and substitutes ``${{ args.X }}``/``${{ envs.X }}``
   and returns a ``BoundPipeline`` whose values are final.
 - ``compile_playbook(bound, pipeline_id=...)`` builds the Ansible play (plain data) and
-  ``render_playbook(play)`` writes it as YAML with every string marked ``!unsafe``.
+  ``render_playbook(play)`` writes it as YAML with every string marked ``!unsafe``
+  (``render_tasks(tasks)`` writes a play's tasks alone, for ``include_tasks``).
 - ``step_index_of_task(task_name)`` maps a compiled task's name back to its step index.
 - ``json_schema()`` describes template documents for editors.
 
@@ -29,7 +30,7 @@ from .documents import parse_document
 from .errors import PipelineError, Problem, ValidationError
 from .loading import load_template
 from .model import Container, DeviceRequest, Healthcheck, Step, Template
-from .render import render_playbook
+from .render import render_playbook, render_tasks
 from .schema import json_schema
 
 __all__ = [
@@ -53,5 +54,6 @@ __all__ = [
     "load_template",
     "parse_document",
     "render_playbook",
+    "render_tasks",
     "step_index_of_task",
 ]

@@ -3,7 +3,9 @@
 The play has one host pattern (``all``), no fact gathering and, for each step, a few
 tasks whose names start with ``[step N]`` (N counts from 0, as in the gRPC contract):
 
-1. ``inspect``: ``docker_container_info`` on the step's container name;
+1. ``inspect``: ``gamepipeline_inspect`` on the step's container name (the same result
+   as ``docker_container_info``'s, read by an action plugin in the controller instead
+   of a module: no interpreter starts for it);
 2. ``ownership``: fails when a container of that name exists without GamePipeline's
    labels, and leaves it untouched;
 3. the step itself: ``docker_container``. A ``commands`` step runs its container to the
@@ -19,6 +21,9 @@ A ``type: remove`` step has the same ``inspect`` and ``ownership`` tasks, then s
 container (waiting ``stop_grace_period``, else the container's own stop timeout) and
 removes it with its anonymous volumes. A container that is already gone is fine; one
 that GamePipeline did not create is left untouched and fails the step.
+
+The play needs ``gamepipeline.ansible_plugins.ACTION_PLUGINS`` on Ansible's action
+plugin path (``action_plugins_env()``).
 
 Values that come from templates, args or envs are never Jinja: ``render_playbook``
 marks them ``!unsafe``. Only the conditionals written here are templates.
@@ -45,7 +50,7 @@ LABEL_TEMPLATE = LABEL_PREFIX + "template"
 LABEL_SPEC = LABEL_PREFIX + "spec"
 
 DOCKER_CONTAINER = "community.docker.docker_container"
-DOCKER_CONTAINER_INFO = "community.docker.docker_container_info"
+INSPECT = "gamepipeline_inspect"
 FAIL = "ansible.builtin.fail"
 
 _MARKER = re.compile(r"^\[step (\d+)\]")
@@ -150,7 +155,7 @@ def _guard_tasks(step: Step, index: int, name: str) -> list[dict[str, Any]]:
     return [
         {
             "name": task_name(index, step.name, "inspect"),
-            DOCKER_CONTAINER_INFO: {"name": name},
+            INSPECT: {"name": name},
             "register": existing,
         },
         {
@@ -300,7 +305,7 @@ def _health_tasks(
     return [
         {
             "name": task_name(index, step.name, "health"),
-            DOCKER_CONTAINER_INFO: {"name": name},
+            INSPECT: {"name": name},
             "register": health,
             "until": f"{status} in ['healthy', 'unhealthy'] or not {running}",
             "retries": polls,

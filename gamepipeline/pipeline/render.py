@@ -89,6 +89,18 @@ def render_playbook(playbook: list[dict[str, Any]]) -> str:
     )
 
 
+def render_tasks(tasks: list[dict[str, Any]]) -> str:
+    """YAML text for a tasks file (``include_tasks``) holding ``tasks``, marked as
+    ``render_playbook`` marks a play's tasks."""
+    return yaml.dump(
+        [_mark_task(task) for task in tasks],
+        Dumper=_Dumper,
+        allow_unicode=True,
+        sort_keys=False,
+        width=1000,
+    )
+
+
 def _mark_play(play: dict[str, Any]) -> dict[str, Any]:
     marked: dict[str, Any] = {}
     for key, value in play.items():

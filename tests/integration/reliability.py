@@ -163,10 +163,11 @@ def remove_named(engine: docker.DockerClient, prefix: str) -> None:
                 engine.api.remove_container(found["Id"], force=True)
 
 
-def marked_processes(pipeline_id: str) -> list[int]:
-    """Live processes whose environment carries the pipeline's run marker (the
-    ansible-playbook of its run and everything under it)."""
-    marker = f"GAMEPIPELINE_PIPELINE_ID={pipeline_id}".encode()
+def marked_processes(key: str, value: str) -> list[int]:
+    """Live processes whose environment carries the run marker ``key=value``
+    (``GAMEPIPELINE_NODE_ID`` or ``GAMEPIPELINE_AGENT``: the ansible-playbook an agent
+    started and everything under it)."""
+    marker = f"{key}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -180,6 +181,16 @@ def marked_processes(pipeline_id: str) -> list[int]:
             continue
         found.append(int(entry.name))
     return found
+
+
+def process_marker(pid: int, key: str) -> str:
+    """The value of run marker ``key`` in a process's environment ("" if none)."""
+    with contextlib.suppress(OSError):
+        for item in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0"):
+            name, _, value = item.partition(b"=")
+            if name.decode(errors="replace") == key:
+                return value.decode(errors="replace")
+    return ""
 
 
 class EngineEvents:

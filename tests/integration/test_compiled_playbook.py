@@ -20,6 +20,7 @@ from typing import Any
 import ansible_runner
 import pytest
 
+from gamepipeline.ansible_plugins import action_plugins_env
 from gamepipeline.pipeline import (
     LABEL_PIPELINE,
     ValidationError,
@@ -92,6 +93,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
             private_data_dir=str(private),
             playbook="pipeline.yml",
             inventory=INVENTORY,
+            # The play's inspect tasks are GamePipeline's own action plugin.
+            envvars=action_plugins_env(),
             quiet=True,
         )
 

@@ -76,11 +76,32 @@ def env_of(container: Any) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
+def no_run_dirs(work: Path) -> bool:
+    """No run dir is left: none in runs/ (a run that found no spare waiting makes
+    one there), and in spares/ at most the one spare waiting for the next pipeline
+    (a run's dir goes a moment after its end is reported)."""
+    runs, spares = work / "runs", work / "spares"
+    return (not runs.exists() or not list(runs.iterdir())) and (
+        not spares.exists() or len(list(spares.iterdir())) <= 1
+    )
+
+
 def work_dir_size(work: Path) -> tuple[int, list[str]]:
-    """Bytes in the work dir's files, and the files other than fixed bookkeeping."""
+    """Bytes in the work dir's files, and the files other than fixed bookkeeping.
+
+    The one spare ansible-playbook the agent keeps waiting for the next pipeline
+    (``spares/``, started after the last run ended, holding no run's values) is not
+    counted; more than one there would be a leak.
+    """
+    spares = list((work / "spares").glob("*"))
+    assert len(spares) <= 1, spares
     size, files = 0, []
     for path in work.rglob("*"):
-        if path.is_file() and path.name != NODE_ID_FILE:
+        if (
+            path.is_file()
+            and path.name != NODE_ID_FILE
+            and not path.is_relative_to(work / "spares")
+        ):
             size += path.stat().st_size
             files.append(str(path.relative_to(work)))
     return size, files
@@ -134,8 +155,11 @@ def test_two_pipelines_5_ms_apart_keep_their_own_dirs_args_and_envs(
     }
     assert all(len(found) == 1 for found in dirs.values()), dirs
     alpha, beta = (Path(found[0]) for found in dirs.values())
-    assert alpha != beta and alpha.parent == beta.parent
-    assert not alpha.exists() and not beta.exists()
+    # One took the agent's waiting spare (spares/), the other started its own (runs/).
+    assert alpha != beta
+    assert {alpha.parent.name, beta.parent.name} <= {"runs", "spares"}
+    # Each goes once its ansible-playbook has exited, a moment after the end.
+    wait_until(lambda: not alpha.exists() and not beta.exists(), 10, "dirs to go")
 
 
 def test_many_runs_in_a_row_leave_the_work_dir_as_it_was(
@@ -159,12 +183,12 @@ def test_many_runs_in_a_row_leave_the_work_dir_as_it_was(
 
     started = time.monotonic()
     ids = run(WARM_UP)
-    wait_until(lambda: not list((work / "runs").iterdir()), 10, "run dirs to go")
+    wait_until(lambda: no_run_dirs(work), 10, "run dirs to go")
     size_after_warm_up, _ = work_dir_size(work)
     ids += run(RUNS - WARM_UP)
     elapsed = time.monotonic() - started
 
-    wait_until(lambda: not list((work / "runs").iterdir()), 10, "run dirs to go")
+    wait_until(lambda: no_run_dirs(work), 10, "run dirs to go")
     size, files = work_dir_size(work)
     assert files == [], f"files left in the work dir: {files}"
     assert size <= size_after_warm_up + SLACK_BYTES, (size_after_warm_up, size)

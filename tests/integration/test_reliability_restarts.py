@@ -39,6 +39,7 @@ from .reliability import (
     launch_server,
     marked_processes,
     node_state,
+    process_marker,
     remove_named,
     running_names,
     wait_until,
@@ -330,8 +331,10 @@ def test_agent_back_without_its_work_dir_settles_at_once_and_leaves_nothing_behi
     agent.stop(signal.SIGKILL)
     # The killed agent's playbook runs on in its own session (on this engine until
     # the step's task ends and it writes to the dead agent's terminal: 20 s here).
-    orphans = marked_processes(pipeline_id)
-    assert orphans, "no process of the run carries its marker"
+    orphans = marked_processes("GAMEPIPELINE_NODE_ID", node_id)
+    assert orphans, "no process of the node's runs carries its marker"
+    dead_agents = {process_marker(pid, "GAMEPIPELINE_AGENT") for pid in orphans}
+    dead_agents.discard("")
     (tmp_path / "agent-work").rename(tmp_path / "agent-work-lost")
     restarted_at = time.monotonic()
     restarted = launch_agent(tmp_path, server.grpc_address, node_id)
@@ -346,7 +349,12 @@ def test_agent_back_without_its_work_dir_settles_at_once_and_leaves_nothing_behi
     assert "without its records" in final["message"], final
     assert [s["state"] for s in final["steps"]] == ["completed", "failed", "skipped"]
     assert final["steps"][1]["reason"] == "agent_restarted", final
-    assert not any(p in marked_processes(pipeline_id) for p in orphans)
+    left = {
+        p
+        for agent in dead_agents
+        for p in marked_processes("GAMEPIPELINE_AGENT", agent)
+    }
+    assert not left & set(orphans), "the dead agent's playbooks live on"
     assert "killed leftover process group" in restarted.log.read_text()
 
     db = f"gp-{run_id}-db"
@@ -365,7 +373,11 @@ def test_agent_back_without_its_work_dir_settles_at_once_and_leaves_nothing_behi
         events=events,
     )
     assert events.starts(pipeline_id)[game] == 0, "the next step's container started"
-    assert marked_processes(pipeline_id) == []
+    assert not [
+        p
+        for agent in dead_agents
+        for p in marked_processes("GAMEPIPELINE_AGENT", agent)
+    ]
 
     assert running_names(docker_client, foreign) == {f"gp-{run_id}-foreign"}
     assert running_names(docker_client, unknown) == {f"gp-{run_id}-unknown"}

@@ -390,4 +390,7 @@ def test_a_secret_env_value_is_never_written_anywhere(
     needle = secret.encode()
     leaks = files_holding(workdir, needle)  # logs, database, WAL, agent work dir
     assert leaks == [], leaks
-    assert list((workdir / "agent-work" / "runs").iterdir()) == []
+    # No run's dir is left, nor (the agent stopped) the spare it kept waiting.
+    for kept in ("runs", "spares"):
+        folder = workdir / "agent-work" / kept
+        assert not folder.exists() or list(folder.iterdir()) == [], kept

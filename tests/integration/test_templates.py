@@ -41,6 +41,7 @@ import docker
 import pytest
 import yaml
 
+from gamepipeline.ansible_plugins import action_plugins_env
 from gamepipeline.pipeline import bind, compile_playbook, load_template, render_playbook
 from gamepipeline.pipeline.compiler import DOCKER_CONTAINER
 
@@ -394,6 +395,7 @@ def test_gpu_container_of_each_template_is_created_as_written(
         private_data_dir=str(tmp_path),
         playbook="pipeline.yml",
         inventory=INVENTORY,
+        envvars=action_plugins_env(),
         quiet=True,
     )
 

@@ -23,6 +23,7 @@ import ansible_runner
 import docker
 
 from gamepipeline import pipeline as language
+from gamepipeline.ansible_plugins import action_plugins_env
 
 HERE = Path(__file__).parent / "recorded"
 IMAGE = "gamepipeline/stand-in:busybox"
@@ -133,6 +134,7 @@ def record(name: str, scenario: dict[str, Any]) -> None:
         envvars={
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "ANSIBLE_NOCOLOR": "1",
+            **action_plugins_env(),
         },
         quiet=True,
         event_handler=keep,

@@ -327,3 +327,46 @@ def test_output_tail_is_bounded_in_lines_and_characters() -> None:
     text = "\n".join(f"line {i}" for i in range(100)) + "\n"
     assert tail(text).splitlines() == [f"line {i}" for i in range(80, 100)]
     assert len(tail("x" * 10_000)) == 4096
+
+
+def _spare_events() -> list[dict[str, Any]]:
+    """The events of a spare's own two tasks (``agent/spare.py``): the wait, and the
+    include of the pipeline's tasks, as ansible-runner reports them."""
+    events: list[dict[str, Any]] = []
+    for task, action in (
+        ("gamepipeline waits for its pipeline", "gamepipeline_wait"),
+        ("gamepipeline runs its pipeline", "ansible.builtin.include_tasks"),
+    ):
+        data = {"task": task, "task_action": action, "res": {"changed": False}}
+        for kind in ("playbook_on_task_start", "runner_on_start", "runner_on_ok"):
+            events.append({"event": kind, "event_data": data})
+    events.append(
+        {
+            "event": "playbook_on_include",
+            "event_data": {"task": events[-1]["event_data"]["task"]},
+        }
+    )
+    return events
+
+
+def test_a_spares_own_wait_and_include_tasks_report_nothing() -> None:
+    """A run in a spare sees the spare's wait and include before the pipeline's first
+    task: they belong to no step and change no report."""
+    data = recording("services_ok")
+    events = data["events"]
+    first_task = next(
+        i for i, e in enumerate(events) if e["event"] == "playbook_on_task_start"
+    )
+    names = ["db", "prepare", "game"]
+    counts = tasks_per_step(events, 3)
+
+    def translate(stream: list[dict[str, Any]]) -> list[Report]:
+        translator = EventTranslator(names, step_index_of_task, counts)
+        reports = translator.start()
+        for event in stream:
+            reports += translator.feed(event)
+        return reports + translator.finish(RunOutcome.SUCCESSFUL)
+
+    in_spare = [*events[:first_task], *_spare_events(), *events[first_task:]]
+    assert translate(in_spare) == translate(events)
+    assert translate(_spare_events()) == translate([])

@@ -20,8 +20,8 @@ from gamepipeline.pipeline import (
 )
 from gamepipeline.pipeline.compiler import (
     DOCKER_CONTAINER,
-    DOCKER_CONTAINER_INFO,
     FAIL,
+    INSPECT,
 )
 
 from .pipeline_helpers import container_doc
@@ -168,7 +168,7 @@ def test_service_with_healthcheck_waits_until_health_is_decided() -> None:
         "retries": 3,
     }
     wait, verdict = (t for t in tasks if t["name"].endswith((": health", ": healthy")))
-    assert "community.docker.docker_container_info" in wait
+    assert INSPECT in wait
     # 0 s start period + (5 s interval + 30 s default timeout) x (3 retries + 1)
     assert (wait["retries"], wait["delay"]) == (140, 1)
     assert "'healthy', 'unhealthy'" in wait["until"]
@@ -205,14 +205,16 @@ def test_spec_label_ignores_the_pipeline_id_but_follows_the_spec() -> None:
     assert spec(same, "run-1") != spec(changed, "run-1")
 
 
-def test_service_step_runs_two_modules_and_checks_running_from_its_own_result() -> None:
-    """Each module call costs an interpreter start: a service step makes two (inspect,
-    docker_container); ownership and running are checks that run no module."""
+def test_service_step_runs_one_module_and_checks_running_from_its_own_result() -> None:
+    """Each module call costs an interpreter start: a service step makes one
+    (docker_container); inspect is an action plugin in the controller, ownership and
+    running are checks that run no module."""
     tasks = compile_doc(container_doc(), "abc")[0]["tasks"]
-    modules = [
-        next(k for k in t if k.startswith(("community.", "ansible."))) for t in tasks
+    actions = [
+        next(k for k in t if k.startswith(("community.", "ansible.", "gamepipeline_")))
+        for t in tasks
     ]
-    assert modules == [DOCKER_CONTAINER_INFO, FAIL, DOCKER_CONTAINER, FAIL]
+    assert actions == [INSPECT, FAIL, DOCKER_CONTAINER, FAIL]
     _, _, main, running = tasks
     # A changed spec is recreated by the main task itself: no labels comparison of
     # its own, so docker_container's default (allow_more_present) sees the new hash.

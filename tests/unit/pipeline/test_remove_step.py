@@ -13,7 +13,7 @@ from gamepipeline.pipeline import (
     compile_playbook,
     load_template,
 )
-from gamepipeline.pipeline.compiler import DOCKER_CONTAINER, DOCKER_CONTAINER_INFO, FAIL
+from gamepipeline.pipeline.compiler import DOCKER_CONTAINER, FAIL, INSPECT
 
 
 def remove_doc(**container: Any) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def test_remove_step_compiles_to_inspect_ownership_and_absent() -> None:
         remove_doc(container_name="game-${{ args.INSTANCE }}", stop_grace_period="1m")
     )
 
-    assert inspect[DOCKER_CONTAINER_INFO] == {"name": "game-i-1"}
+    assert inspect[INSPECT] == {"name": "game-i-1"}
     assert FAIL in ownership and LABEL_PIPELINE in ownership["when"]
     assert main["name"] == "[step 0] remove game"
     assert main[DOCKER_CONTAINER] == {

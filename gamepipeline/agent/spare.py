@@ -1,0 +1,269 @@
+"""Ansible started ahead of the pipeline it will run.
+
+Starting ``ansible-playbook`` (loading Ansible and its plugins, parsing, forking the
+first worker) takes about a second of CPU, more than a whole ``docker run``. So the agent
+keeps one *spare*: an ansible-runner run already started in a private data dir of its
+own, whose playbook waits in its first task (``gamepipeline_wait``, an action plugin
+that polls for a file every 10 ms in the controller: no module, no interpreter) and then
+includes ``pipeline.yml``, the compiled pipeline's tasks. A run takes the spare, writes
+its tasks file (whole, by a rename) and reads the spare's events as its own.
+
+A spare is used once: its data dir, temp dirs and artifacts belong to the one run that
+took it and are removed with it (F9), and nothing of a pipeline is in it before the
+hand-over. The next spare starts as soon as one is taken (and when a run ends, if
+none is waiting). A run that finds no spare waiting (a burst of pipelines, or none
+kept) starts one of its own, cold, with the tasks file written before it starts: the
+same playbook, whose wait returns at once. A spare still starting is taken all the
+same: it is further along than a new one.
+
+The spare's playbook holds nothing but the agent's own text; the pipeline's tasks
+arrive rendered by ``render_tasks`` (every value ``!unsafe``). Its ``cancel_callback``
+asks the run that took it, so a cancel or a timeout kills the spare's process group as
+it would a run's own; an untaken spare is ended the same way when the agent stops, and
+its wait task ends it on its own if the agent dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import shutil
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from gamepipeline.agent.orphans import run_markers
+from gamepipeline.ansible_plugins import action_plugins_env
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_SECONDS = 0.5
+"""How often ansible-runner asks whether to stop: bounds how late a cancel takes hold."""
+
+#: ansible-runner empties a task's result when its text passes MAX_EVENT_RES (700,000
+#: characters by default), and with it a `commands` step's exit code and output. Allow
+#: results up to 32 MiB: a step printing more than that loses them still.
+MAX_EVENT_RESULT_CHARS = 32 * 1024 * 1024
+
+TASKS_FILE = "pipeline.yml"
+"""The compiled tasks' file in the spare's ``project`` folder."""
+
+PREPARED_MODULES = ("community.docker.docker_container",)
+"""Modules whose payload a spare builds while it waits: every step runs this one."""
+
+DONE: dict[str, Any] = {"event": "gamepipeline_runner_done"}
+"""Queued (by identity) after ansible-runner's last event."""
+
+_PLAYBOOK = """\
+- name: GamePipeline
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: gamepipeline waits for its pipeline
+      gamepipeline_wait:
+        file: {tasks_file}
+        agent_pid: {agent_pid}
+        modules: [{modules}]
+    - name: gamepipeline runs its pipeline
+      ansible.builtin.include_tasks: {tasks_file}
+"""
+
+
+class Spare:
+    """One ansible-runner run whose playbook waits for a pipeline's tasks.
+
+    Args:
+        data_dir: its private data dir, made here (mode 0700); must not exist.
+    """
+
+    def __init__(self, data_dir: Path, node_id: str = "") -> None:
+        self.data_dir = data_dir
+        self._node_id = node_id
+        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.runner: Any = None
+        self._discarded = threading.Event()
+        self._stop_check: Callable[[], bool] | None = None
+        self._taken = False
+        data_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (data_dir / "project").mkdir(parents=True, mode=0o700)
+        (data_dir / "tmp").mkdir(mode=0o700)
+        os.chmod(data_dir, 0o700)
+        (data_dir / "project" / "main.yml").write_text(
+            _PLAYBOOK.format(
+                tasks_file=TASKS_FILE,
+                agent_pid=os.getpid(),
+                modules=", ".join(PREPARED_MODULES),
+            ),
+            encoding="utf-8",
+        )
+
+    @classmethod
+    def in_dir(cls, parent: Path, prefix: str = "spare", node_id: str = "") -> Spare:
+        """A spare in a new dir under ``parent``, named ``<prefix>-<random>``."""
+        return cls(parent / f"{prefix}-{secrets.token_hex(4)}", node_id)
+
+    @property
+    def started(self) -> bool:
+        return self.thread is not None
+
+    @property
+    def usable(self) -> bool:
+        """Not taken, not discarded, and its playbook has not ended."""
+        return (
+            not self._taken
+            and not self._discarded.is_set()
+            and self.thread is not None
+            and self.thread.is_alive()
+        )
+
+    def start(self) -> None:
+        self.thread, self.runner = ansible_runner.run_async(**self.runner_options())
+
+    def hand_over(self, tasks_text: str, stop: Callable[[], bool]) -> None:
+        """Give the spare its pipeline's tasks; ``stop`` says when to kill it."""
+        self._taken = True
+        self._stop_check = stop
+        project = self.data_dir / "project"
+        partial = project / f".{TASKS_FILE}.partial"
+        partial.write_text(tasks_text, encoding="utf-8")
+        os.chmod(partial, 0o600)
+        partial.rename(project / TASKS_FILE)
+
+    def discard(self, wait: float | None = 5.0) -> None:
+        """Remove the spare's dir once its playbook has ended; an untaken spare's
+        playbook is killed first. ``wait`` bounds the wait (None: no bound)."""
+        if not self._taken:
+            self._discarded.set()
+        if self.thread is not None:
+            self.thread.join(wait)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def runner_options(self) -> dict[str, Any]:
+        """ansible-runner's options for this spare (also what benchmarks run)."""
+        bin_dir = str(Path(sys.executable).parent)
+        tmp = str(self.data_dir / "tmp")
+        return {
+            "private_data_dir": str(self.data_dir),
+            "playbook": "main.yml",
+            "inventory": (
+                "localhost ansible_connection=local "
+                f"ansible_python_interpreter={sys.executable}"
+            ),
+            "envvars": {
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_GATHERING": "explicit",
+                "ANSIBLE_RETRY_FILES_ENABLED": "0",
+                "ANSIBLE_LOCAL_TEMP": tmp,
+                "ANSIBLE_REMOTE_TEMP": tmp,
+                "ANSIBLE_HOME": tmp,
+                "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
+                **action_plugins_env(),
+                # Which node and agent started it, so that an agent started after this
+                # one died can find its playbooks without its work dir (``orphans``);
+                # the pipeline is not known yet when a spare starts.
+                **(run_markers(self._node_id, "") if self._node_id else {}),
+            },
+            "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
+            "quiet": True,
+            "event_handler": self._queue_event,
+            "finished_callback": self._finished,
+            "cancel_callback": self._should_stop,
+        }
+
+    def _queue_event(self, event: dict[str, Any]) -> bool:
+        # Only queue: a slow handler would stall the run (F7).
+        self.events.put(event)
+        return True
+
+    def _finished(self, runner: Any) -> None:
+        # Called once the playbook's process is gone and its last event handed over,
+        # so the run's thread wakes at once instead of polling.
+        self.events.put(DONE)
+
+    def _should_stop(self) -> bool:
+        if self._discarded.is_set():
+            return True
+        check = self._stop_check
+        return check is not None and check()
+
+
+class SparePool:
+    """Keeps one spare started in ``spares_dir`` for the next run to take.
+
+    Args:
+        spares_dir: where spares' data dirs are made; emptied by ``clear``.
+        enabled: False keeps no spare (every run starts its own, cold).
+    """
+
+    def __init__(
+        self, spares_dir: Path, *, node_id: str = "", enabled: bool = True
+    ) -> None:
+        self._dir = spares_dir
+        self._node_id = node_id
+        self._enabled = enabled
+        self._spare: Spare | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def waiting_dir(self) -> Path | None:
+        """The data dir of the spare waiting now, if one is."""
+        with self._lock:
+            return self._spare.data_dir if self._spare is not None else None
+
+    def take(self) -> Spare | None:
+        """The waiting spare, if there is one that can still run a pipeline; the next
+        one starts at once, in the background.
+
+        Starting it now rather than when the run ends costs the run a little CPU
+        while its modules work, but a pipeline that follows soon after finds its
+        spare ready (measured: back-to-back one-step pipelines 1.1-1.3 s instead of
+        1.6-2.4 s at the run's end, no clear cost to one alone).
+        """
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            threading.Thread(
+                target=self.replenish, name="spare-start", daemon=True
+            ).start()
+        if spare is None:
+            return None
+        if not spare.usable:
+            log.warning("the spare ansible-playbook in %s had ended", spare.data_dir)
+            spare.discard()
+            return None
+        return spare
+
+    def replenish(self) -> None:
+        """Start a spare unless one is waiting (or the pool is closed)."""
+        if not self._enabled:
+            return
+        with self._lock:
+            if self._closed or self._spare is not None:
+                return
+            spare = Spare.in_dir(self._dir, node_id=self._node_id)
+            self._spare = spare
+            try:
+                spare.start()
+            except Exception:
+                self._spare = None
+                log.exception("could not start a spare ansible-playbook")
+                spare.discard()
+                return
+        log.debug("started a spare ansible-playbook in %s", spare.data_dir)
+
+    def close(self) -> None:
+        """End the waiting spare and keep no other."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
