@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
 PROFILE_DIR = BENCH_DIR / "profiles"
 PIPELINE_LABEL = "io.beaglewind.gamepipeline.pipeline"
-#: Every container a benchmark starts carries this label, so cleanup finds them all.
+#: Every container a benchmark starts carries this label, with this run's BENCH_RUN as
+#: its value, so cleanup finds them all and never another run's on the same engine.
 BENCH_LABEL = "gamepipeline-bench"
+BENCH_RUN = uuid.uuid4().hex[:8]
 
 
 # --- statistics -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import docker
 
 from benchmarks.common import (
     BENCH_LABEL,
+    BENCH_RUN,
     Profiler,
     Sampler,
     start_agent,
@@ -40,7 +41,7 @@ def _document(index: int) -> dict[str, Any]:
                 "name": "sleep",
                 "container": {
                     "image": "gamepipeline/stand-in:busybox",
-                    "labels": {BENCH_LABEL: "1"},
+                    "labels": {BENCH_LABEL: BENCH_RUN},
                     "commands": [f"sleep {SLEEP}"],
                 },
             }

@@ -23,6 +23,7 @@ import docker
 
 from benchmarks.common import (
     BENCH_LABEL,
+    BENCH_RUN,
     PIPELINE_LABEL,
     Profiler,
     percentile,
@@ -58,12 +59,12 @@ def one_step(prefix: str) -> tuple[dict[str, Any], list[list[str]]]:
                 "container": {
                     "image": BUSYBOX,
                     "container_name": name,
-                    "labels": {BENCH_LABEL: "1"},
+                    "labels": {BENCH_LABEL: BENCH_RUN},
                 },
             }
         ],
     }
-    runs = [["--name", name, "--label", f"{BENCH_LABEL}=1", BUSYBOX]]
+    runs = [["--name", name, "--label", f"{BENCH_LABEL}={BENCH_RUN}", BUSYBOX]]
     return document, runs
 
 
@@ -88,7 +89,7 @@ def three_step(prefix: str, workdir: Path) -> tuple[dict[str, Any], list[list[st
         "PASSWD": "pa$$word",
     }
     names = [f"{prefix}-db", f"{prefix}-game", f"{prefix}-sidecar"]
-    labels = {BENCH_LABEL: "1"}
+    labels = {BENCH_LABEL: BENCH_RUN}
     document = {
         "name": "bench-three-step",
         "steps": [
@@ -127,7 +128,7 @@ def three_step(prefix: str, workdir: Path) -> tuple[dict[str, Any], list[list[st
             },
         ],
     }
-    label = ["--label", f"{BENCH_LABEL}=1"]
+    label = ["--label", f"{BENCH_LABEL}={BENCH_RUN}"]
     runs = [
         ["--name", names[0], *label, "-v", f"{data}/db:/var/lib/mysql"]
         + [a for k, v in db_env.items() for a in ("-e", f"{k}={v}")]
@@ -156,7 +157,7 @@ def _docker_runs(runs: list[list[str]]) -> float:
 
 def remove_bench_containers(client: Any) -> None:
     for container in client.containers.list(
-        all=True, filters={"label": f"{BENCH_LABEL}=1"}
+        all=True, filters={"label": f"{BENCH_LABEL}={BENCH_RUN}"}
     ):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             container.remove(force=True)

@@ -7,7 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 busybox=$(command -v busybox || true)
-if [ -z "$busybox" ] || ! "$busybox" --list | grep -qx httpd; then
+# The applet list is read whole before it is searched. `busybox --list | grep -qx httpd`
+# fails now and then under pipefail: grep -q quits at the first match, and busybox, still
+# writing, dies of SIGPIPE (about 1 run in 40), which sent a machine whose busybox has
+# httpd to apt-get.
+applets=
+if [ -n "$busybox" ]; then
+  applets=$("$busybox" --list || true)
+fi
+if ! grep -qx httpd <<<"$applets"; then
   echo "build-images: installing busybox-static" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

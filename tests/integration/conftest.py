@@ -7,6 +7,7 @@ its own process, talking real gRPC over loopback on ports the OS picks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -187,6 +188,70 @@ def start_agent(
             agent.stop()
             pytest.fail(f"agent {node_id} did not connect; its log:\n{agent.tail()}")
         time.sleep(0.1)
+
+
+class ForeignContainerRemoval(AssertionError):
+    """A test tried to remove a container it did not create."""
+
+
+class RemovalGuard:
+    """Keeps the containers that were on the engine when the session began out of the
+    reach of this test process: a removal of one of them (the demo's, another run's,
+    anyone's) is refused and fails the test that tried it.
+
+    Only removals made here, through the Docker SDK, are checked; the agents under test
+    remove containers of their own pipelines, and those did not exist at the start."""
+
+    def __init__(self, protected: set[str]) -> None:
+        self.protected = protected
+
+    def check(self, api: docker.APIClient, container: Any) -> None:
+        ref = container.get("Id") if isinstance(container, dict) else container
+        try:
+            info = api.inspect_container(ref)
+        except docker.errors.NotFound:
+            return  # the removal itself says so
+        if info["Id"] in self.protected:
+            name = str(info.get("Name", "")).lstrip("/")
+            raise ForeignContainerRemoval(
+                f"refused to remove container {name} ({info['Id'][:12]}): it was on "
+                "the engine before the tests began, so no test created it"
+            )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def removal_guard() -> Iterator[RemovalGuard | None]:
+    """The engine's containers at the start of the session, guarded (see RemovalGuard);
+    None without a reachable engine (the tests that need one fail on their own)."""
+    try:
+        client = docker.from_env()
+        existing = {c["Id"] for c in client.api.containers(all=True)}
+    except Exception:
+        yield None
+        return
+    guard = RemovalGuard(existing)
+    remove = docker.APIClient.remove_container
+
+    def guarded(api: docker.APIClient, container: Any, *args: Any, **kw: Any) -> Any:
+        guard.check(api, container)
+        return remove(api, container, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(docker.APIClient, "remove_container", guarded)
+        yield guard
+    client.close()
+
+
+def unique_container_names(document: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """A copy of a pipeline document whose steps' container names end in ``-run_id``:
+    a shipped document run by a test never meets the containers of the same names that
+    a demo (or another test run) keeps on the same engine. The rest is unchanged."""
+    renamed = copy.deepcopy(document)
+    for step in renamed["steps"]:
+        container = step.get("container") or {}
+        if container.get("container_name"):
+            container["container_name"] = f"{container['container_name']}-{run_id}"
+    return renamed
 
 
 @pytest.fixture(scope="session")

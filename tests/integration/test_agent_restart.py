@@ -30,13 +30,15 @@ from tests.integration.test_agent_runs import (
 pytestmark = pytest.mark.docker
 
 
-def agent_process(peer: Peer, work: Path, log: Path) -> subprocess.Popen[bytes]:
+def agent_process(
+    peer: Peer, work: Path, log: Path, node_id: str
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with log.open("ab") as handle:
         return subprocess.Popen(
             [sys.executable, "-m", "gamepipeline", "agent",
-             "--server", peer.address, "--node-id", "node-r",
+             "--server", peer.address, "--node-id", node_id,
              "--work-dir", str(work), "--log-level", "debug"],
             stdout=handle, stderr=handle, env=env, start_new_session=True,
         )  # fmt: skip
@@ -50,13 +52,13 @@ def engine() -> Iterator[docker.DockerClient]:
 
 
 def test_run_cut_short_by_an_agent_restart_fails_naming_the_step(
-    tmp_path: Path, engine: docker.DockerClient
+    tmp_path: Path, engine: docker.DockerClient, run_id: str
 ) -> None:
     peer = Peer()
     servicer = peer.servicer
     work, log = tmp_path / "work", tmp_path / "agent.log"
-    pid = f"restart-{os.getpid()}"
-    first = agent_process(peer, work, log)
+    pid = f"restart-{run_id}"
+    first = agent_process(peer, work, log, f"node-r-{run_id}")
     second: subprocess.Popen[bytes] | None = None
     try:
         servicer.wait_for(lambda: servicer.streams, 30, "registration")
@@ -64,7 +66,7 @@ def test_run_cut_short_by_an_agent_restart_fails_naming_the_step(
             "name": "cut short",
             "steps": [
                 {"name": "sleep", "container": {
-                    "image": IMAGE, "container_name": f"gp-cut-{os.getpid()}",
+                    "image": IMAGE, "container_name": f"gp-cut-{run_id}",
                     "commands": ["sleep 60"]}},
                 {"name": "game", "type": "service", "container": {"image": IMAGE}},
             ],
@@ -82,7 +84,7 @@ def test_run_cut_short_by_an_agent_restart_fails_naming_the_step(
         first.wait(10)
         before = len(servicer.updates)
 
-        second = agent_process(peer, work, log)
+        second = agent_process(peer, work, log, f"node-r-{run_id}")
         final = wait_final(servicer, pid, timeout=40)
 
         assert (final.state, final.reason) == (

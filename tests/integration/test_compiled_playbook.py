@@ -8,6 +8,7 @@ capabilities, a failing ``commands`` step, and re-runs (F6).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import docker as docker_sdk
 import pytest
+import yaml
 
 from gamepipeline.ansible_plugins import action_plugins_env
 from gamepipeline.pipeline import (
@@ -30,6 +33,8 @@ from gamepipeline.pipeline import (
     render_playbook,
 )
 from gamepipeline.pipeline.compiler import DOCKER_CONTAINER
+
+from .conftest import unique_container_names
 
 pytestmark = pytest.mark.docker
 
@@ -67,15 +72,17 @@ def task_results(result: Any) -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def names() -> Iterator[list[str]]:
-    """Container names (and pipeline ids) to remove when the test ends."""
+def names(docker_client: docker_sdk.DockerClient) -> Iterator[list[str]]:
+    """Names of the containers the test creates (and ids of the pipelines it runs, whose
+    containers go too), made unique to the test: removed when the test ends."""
     created: list[str] = []
     yield created
+    api = docker_client.api
     for name in created:
-        ids = docker("ps", "-aq", "--filter", f"label={LABEL_PIPELINE}={name}").split()
-        subprocess.run(
-            ["docker", "rm", "-f", name, *ids], capture_output=True, check=False
-        )
+        found = api.containers(all=True, filters={"label": f"{LABEL_PIPELINE}={name}"})
+        for ref in [name, *(c["Id"] for c in found)]:
+            with contextlib.suppress(docker_sdk.errors.NotFound):
+                api.remove_container(ref, force=True)
 
 
 @pytest.fixture
@@ -164,15 +171,17 @@ def test_env_values_reach_the_container_byte_for_byte(
 
 
 def test_design_example_creates_gpu_tmpfs_and_capabilities(
-    run: Run, names: list[str]
+    run: Run, names: list[str], run_id: str
 ) -> None:
-    template = load_template((DATA / "design-4.1.yaml").read_bytes())
-    names.extend(["game-db", "game-server"])
-    for name in names:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    """§4.1 as written, but for the container names, which end in this test's run id:
+    containers named game-db and game-server (a demo's, say) are left alone."""
+    document = yaml.safe_load((DATA / "design-4.1.yaml").read_text())
+    template = load_template(unique_container_names(document, run_id))
+    db, game = [f"game-db-{run_id}", f"game-server-{run_id}"]
+    names.extend([db, game, f"it-design-{run_id}"])
     values = {n: f"v-{n}" for n in [*template.args, *template.envs]}
     bound = bind(template, {a: values[a] for a in template.args}, values)
-    playbook = compile_playbook(bound, pipeline_id="it-design")
+    playbook = compile_playbook(bound, pipeline_id=f"it-design-{run_id}")
     # Create without starting: this engine has no GPU runtime and refuses privileged.
     tasks = []
     for task in playbook[0]["tasks"]:
@@ -187,7 +196,8 @@ def test_design_example_creates_gpu_tmpfs_and_capabilities(
     result = run(playbook)
 
     assert result.status == "successful", task_results(result)
-    host = inspect("game-server")["HostConfig"]
+    assert inspect(db)["State"]["Status"] == "created"
+    host = inspect(game)["HostConfig"]
     [request] = host["DeviceRequests"]
     assert request["Count"] == -1
     assert request["Capabilities"] == [["gpu"]]
@@ -196,7 +206,7 @@ def test_design_example_creates_gpu_tmpfs_and_capabilities(
     assert "seccomp=unconfined" in host["SecurityOpt"]
     assert host["Tmpfs"] == {"/dev/shm": "rw"}
     assert host["Devices"][0]["PathOnHost"] == "/dev/dri"
-    env = inspect("game-server")["Config"]["Env"]
+    env = inspect(game)["Config"]["Env"]
     assert "DISPLAY_SIZEW=1920" in env
     assert "SELKIES_TURN_HOST=v-BEAGLE_WIND_TURN_HOST" in env
 

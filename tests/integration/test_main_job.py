@@ -6,8 +6,8 @@ loopback, ansible-runner running community.docker against the Docker engine, SQL
 
 from __future__ import annotations
 
-import contextlib
 import json
+import re
 import socket
 import subprocess
 import urllib.request
@@ -18,11 +18,12 @@ import docker
 import pytest
 import yaml
 
-from .conftest import ROOT, Process, Server
+from .conftest import ROOT, Process, Server, unique_container_names
 
 pytestmark = pytest.mark.docker
 
 DEMO = ROOT / "pipelines" / "demo.yaml"
+DESIGN = ROOT / "tests" / "unit" / "pipeline" / "data" / "design-4.1.yaml"
 DEMO_ENVS = {
     "BEAGLE_WIND_ROOT": "/data/wind",
     "BEAGLE_WIND_PASSWD": "pa$$ {{ 7 * 7 }} word",
@@ -64,15 +65,23 @@ def step_states(pipeline: dict[str, Any]) -> list[str]:
     return [step["state"] for step in pipeline["steps"]]
 
 
-@pytest.fixture
-def fresh_demo_containers(
-    docker_client: docker.DockerClient, cleanup_containers: list[str]
-) -> None:
-    """The demo names its containers; a demo left running must not stand in the way."""
-    for name in ("game-db", "game-server"):
-        cleanup_containers.append(name)
-        with contextlib.suppress(docker.errors.NotFound):
-            docker_client.containers.get(name).remove(force=True)
+def own_copy(path: Path, run_id: str) -> dict[str, Any]:
+    """The shipped document at ``path`` as this test runs it: its container names end
+    in ``-run_id`` and its fixed host ports are free ones, so that the demo's own
+    containers (`make demo` keeps them running), or another test run's, are neither in
+    the way nor touched. Everything else is the document as written."""
+    document = unique_container_names(yaml.safe_load(path.read_text()), run_id)
+    for step in document["steps"]:
+        container = step["container"]
+        container["ports"] = [
+            re.sub(r"^\d+:", f"{free_port()}:", port)
+            for port in container.get("ports", [])
+        ]
+    return document
+
+
+def container_names(document: dict[str, Any]) -> list[str]:
+    return [step["container"]["container_name"] for step in document["steps"]]
 
 
 def test_demo_pipeline_runs_game_containers_as_configured(
@@ -80,18 +89,23 @@ def test_demo_pipeline_runs_game_containers_as_configured(
     agent: Process,
     node_id: str,
     docker_client: docker.DockerClient,
-    fresh_demo_containers: None,
+    cleanup_containers: list[str],
+    run_id: str,
 ) -> None:
     port = free_port()
+    document = own_copy(DEMO, run_id)
+    db_name, game_name = container_names(document)
+    cleanup_containers.extend([db_name, game_name])
+    [db_port] = document["steps"][0]["container"]["ports"]
     pipeline_id = server.api.submit(
-        DEMO.read_text(), args=demo_args(port), envs=DEMO_ENVS, node=node_id
+        document, args=demo_args(port), envs=DEMO_ENVS, node=node_id
     )
 
     final = server.api.wait(pipeline_id, timeout=180)
     assert final["state"] == "completed", final
     assert step_states(final) == ["completed", "completed"]
 
-    game = docker_client.containers.get("game-server")
+    game = docker_client.containers.get(game_name)
     assert game.attrs["State"]["Running"] is True
     assert game.attrs["Config"]["Hostname"] == "gamenode-it"
     env = env_of(game)
@@ -108,8 +122,10 @@ def test_demo_pipeline_runs_game_containers_as_configured(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
         assert b"stand-in game server" in resp.read()
 
-    db = docker_client.containers.get("game-db")
+    db = docker_client.containers.get(db_name)
     assert db.attrs["State"]["Running"] is True
+    [binding] = db.attrs["HostConfig"]["PortBindings"]["3306/tcp"]
+    assert binding["HostPort"] == db_port.partition(":")[0]
     assert env_of(db)["MYSQL_ROOT_PASSWORD"] == "secret"
     assert db.labels["io.beaglewind.gamepipeline.pipeline"] == pipeline_id
 
@@ -292,20 +308,20 @@ def test_design_example_as_written_fails_fast_where_the_engine_lacks_a_gpu(
     server: Server,
     agent: Process,
     node_id: str,
-    fresh_demo_containers: None,
+    cleanup_containers: list[str],
+    run_id: str,
 ) -> None:
     """§4.1 reserves a GPU for both steps; this engine has no GPU runtime. The run must
     end at once with a step error that says so, never hang (the containers themselves
-    are proven by creating them: test_compiled_playbook.py)."""
-    design = ROOT / "tests" / "unit" / "pipeline" / "data" / "design-4.1.yaml"
+    are proven by creating them: test_compiled_playbook.py). Only the names and host
+    ports are this test's own (see own_copy)."""
     values = {**demo_args(free_port()), **DEMO_ENVS}
-    document = yaml.safe_load(design.read_text())
+    document = own_copy(DESIGN, run_id)
+    cleanup_containers.extend(container_names(document))
     args = {name: values[name] for name in document["args"]}
     envs = {name: values[name] for name in document["envs"]}
 
-    pipeline_id = server.api.submit(
-        design.read_text(), args=args, envs=envs, node=node_id
-    )
+    pipeline_id = server.api.submit(document, args=args, envs=envs, node=node_id)
     final = server.api.wait(pipeline_id, timeout=60)
 
     assert final["state"] == "failed", final

@@ -24,6 +24,7 @@ def test_step_outside_the_configured_policy_is_rejected_before_docker(
     workdir: Path,
     docker_client: docker.DockerClient,
     cleanup_containers: list[str],
+    run_id: str,
 ) -> None:
     config = workdir / "agent.yaml"
     config.write_text(
@@ -38,7 +39,7 @@ def test_step_outside_the_configured_policy_is_rejected_before_docker(
         )
     )
     agent = start_agent(workdir, server, node_id, "--config", str(config))
-    name = f"gp-policy-{workdir.name[-8:]}"
+    name = f"gp-policy-{run_id}"
     cleanup_containers.append(name)
     document = {
         "name": "too-much",
@@ -71,11 +72,12 @@ def test_a_link_an_earlier_step_leaves_cannot_carry_a_later_mount_outside(
     node_id: str,
     workdir: Path,
     cleanup_containers: list[str],
+    run_id: str,
 ) -> None:
     """Step 1 plants a link to / in a folder it may write; step 2 mounts through it.
     The check before the run cannot see the link yet: the step's own guard must."""
     agent = start_agent(workdir, server, node_id)
-    escape = Path("/data") / f"gp-policy-{workdir.name[-8:]}"
+    escape = Path("/data") / f"gp-policy-{run_id}"
     document = {
         "name": "escape",
         "steps": [

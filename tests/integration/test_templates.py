@@ -355,10 +355,12 @@ def test_gpu_container_of_each_template_is_created_as_written(
     containers: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Created, not started: this engine has no GPU runtime and refuses privileged."""
+    """Created, not started: this engine has no GPU runtime and refuses privileged. The
+    platform and the instance are this test's own, and so are the containers they name."""
     loaded = load_template((PIPELINES / f"{template}.yaml").read_bytes())
     values = {
-        "PLATFORM": "steam", "INSTANCE": f"gpu-{uuid.uuid4().hex[:6]}",
+        "PLATFORM": f"steam-{uuid.uuid4().hex[:6]}",
+        "INSTANCE": f"gpu-{uuid.uuid4().hex[:6]}",
         "IMAGE": "game-server:latest", "PORT": "18080", "HOSTNAME": "gamenode-gpu",
         "PASSWORD": "user-session-pass",
         NODE_ROOT_ENV: "/data/wind", "S3_URL": "http://s3.invalid", "S3_BUCKET": BUCKET,
@@ -411,7 +413,7 @@ def test_gpu_container_of_each_template_is_created_as_written(
     assert "/dev/input:/dev/input:rw" in host["Binds"]
     home = [b for b in host["Binds"] if b.endswith(":/home/ubuntu:rw")]
     folder = (
-        "platforms/steam"
+        f"platforms/{values['PLATFORM']}"
         if template.startswith("platform-")
         else f"volumes/{values['INSTANCE']}"
     )
@@ -471,13 +473,10 @@ def test_maintenance_then_save_and_remove_uploads_the_working_copy(
 def test_save_and_remove_without_maintenance_fails_saying_so(
     node: tuple[Server, str],
 ) -> None:
-    final = run_template(
-        node, "platform-save-and-remove", {"PLATFORM": "never-maintained"}
-    )
+    platform = f"never-maintained-{uuid.uuid4().hex[:6]}"
+    final = run_template(node, "platform-save-and-remove", {"PLATFORM": platform})
     assert states(final) == ["failed", "skipped", "skipped", "skipped"]
-    assert (
-        "has no maintenance of never-maintained to save" in final["steps"][0]["message"]
-    )
+    assert f"has no maintenance of {platform} to save" in final["steps"][0]["message"]
 
 
 def test_instance_recycle_removes_the_container_and_the_folder(

@@ -108,8 +108,12 @@ def _trim(event: dict[str, Any]) -> dict[str, Any]:
             "stdout": event.get("stdout", ""), "event_data": kept}  # fmt: skip
 
 
+def pipeline_id(name: str) -> str:
+    return f"rec-{name.replace('_', '-')}"
+
+
 def record(name: str, scenario: dict[str, Any]) -> None:
-    pid = f"rec-{name.replace('_', '-')}"
+    pid = pipeline_id(name)
     work = Path(tempfile.mkdtemp(prefix="gp-record-"))
     (work / "project").mkdir()
     if "playbook_text" in scenario:
@@ -154,8 +158,12 @@ def main() -> None:
         for name, scenario in SCENARIOS.items():
             record(name, scenario)
     finally:
-        for container in client.containers.list(all=True, filters={"name": "rec-"}):
-            container.remove(force=True)
+        # Only the scenarios' own containers, by their pipelines' label: a name filter
+        # is a substring match and would take anyone's container with "rec-" in it.
+        ours = {pipeline_id(name) for name in SCENARIOS}
+        for container in client.containers.list(all=True, filters={"label": LABEL}):
+            if container.labels.get(LABEL) in ours:
+                container.remove(force=True)
 
 
 if __name__ == "__main__":
