@@ -196,3 +196,31 @@ def test_many_runs_in_a_row_leave_the_work_dir_as_it_was(
         starts = events.starts(pipeline_id)
         assert sum(starts.values()) == 1, (pipeline_id, starts)
     print(f"{RUNS} runs in {elapsed:.0f} s ({elapsed / RUNS:.1f} s a run, 2 at once)")
+
+
+def test_an_agent_configured_without_a_spare_keeps_none_and_still_runs(
+    tmp_path: Path, run_id: str
+) -> None:
+    """`spare: false` in the agent's config file: no ansible-playbook waits ahead,
+    and a pipeline runs all the same, in a dir of its own started cold."""
+    node_id = f"node-{run_id}"
+    config = tmp_path / "agent.yaml"
+    config.write_text("spare: false\n", encoding="utf-8")
+    server = launch_server(tmp_path, *FAST_SERVER)
+    agent = launch_agent(
+        tmp_path, server.grpc_address, node_id, "--config", str(config)
+    )
+    try:
+        wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
+        short = yaml.safe_dump(
+            {"name": "short", "steps": [
+                {"name": "tick", "container": {"image": IMAGE, "commands": ["true"]}}]}
+        )  # fmt: skip
+        pipeline_id = server.api.submit(short, node=node_id)
+        assert server.api.wait(pipeline_id, timeout=120)["state"] == "completed"
+        spares = tmp_path / "agent-work" / "spares"
+        assert not spares.exists() or list(spares.iterdir()) == []
+        assert "started a spare" not in agent.log.read_text()
+    finally:
+        agent.stop(signal.SIGTERM)
+        server.stop(signal.SIGTERM)
