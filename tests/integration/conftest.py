@@ -10,7 +10,9 @@ import contextlib
 import copy
 import json
 import os
+import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -341,3 +343,24 @@ def events(docker_client: docker.DockerClient) -> Iterator[EngineEvents]:
 
     with engine_events(docker_client) as recorder:
         yield recorder
+
+
+def free_port(host: str = "0.0.0.0") -> int:
+    """A port that nothing listens on now, for a container to publish or a server to
+    take. Chosen below the kernel's range of ephemeral ports: a port from that range
+    (what binding port 0 gives) can become some outgoing connection's own before the
+    engine binds it, and the container then fails with "address already in use"."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below {low} on {host}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import docker
 import pytest
 import yaml
 
-from .conftest import ROOT, Process, Server, unique_container_names
+from .conftest import ROOT, Process, Server, free_port, unique_container_names
 
 pytestmark = pytest.mark.docker
 
@@ -37,13 +36,6 @@ DEMO_ENVS = {
     "S3_BUCKET": "bucket",
     "S3_URL": "http://127.0.0.1:9000",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def demo_args(port: int) -> dict[str, str]:

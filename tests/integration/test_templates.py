@@ -25,7 +25,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import time
@@ -45,7 +44,7 @@ from gamepipeline.ansible_plugins import action_plugins_env
 from gamepipeline.pipeline import bind, compile_playbook, load_template, render_playbook
 from gamepipeline.pipeline.compiler import DOCKER_CONTAINER
 
-from .conftest import ROOT, Process, Server, start_agent, start_server
+from .conftest import ROOT, Process, Server, free_port, start_agent, start_server
 
 pytestmark = pytest.mark.docker
 
@@ -82,13 +81,6 @@ def bridge_gateway(client: docker.DockerClient) -> str:
     if config.get("Gateway"):
         return str(config["Gateway"])
     return str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class S3:
@@ -319,7 +311,7 @@ def test_gpu_template_downloads_and_unpacks_then_its_gpu_step_fails_fast(
     args = {
         "PLATFORM": platform,
         "IMAGE": "game-server:latest",
-        "PORT": str(free_port("127.0.0.1")),
+        "PORT": str(free_port()),
         "HOSTNAME": "gamenode-it",
     }
     if "INSTANCE" in [a["name"] for a in template_args(node, template)]:
@@ -442,7 +434,7 @@ def test_maintenance_then_save_and_remove_uploads_the_working_copy(
     args = {
         "PLATFORM": platform,
         "IMAGE": "game-server:latest",
-        "PORT": str(free_port("127.0.0.1")),
+        "PORT": str(free_port()),
         "HOSTNAME": "gamenode-it",
     }
     document = without_gpu("platform-admin-maintenance", "platform")
@@ -490,7 +482,7 @@ def test_instance_recycle_removes_the_container_and_the_folder(
         "PLATFORM": platform,
         "INSTANCE": instance,
         "IMAGE": "game-server:latest",
-        "PORT": str(free_port("127.0.0.1")),
+        "PORT": str(free_port()),
         "HOSTNAME": "gamenode-it",
     }
     started = run_document(
@@ -541,7 +533,7 @@ def test_original_start_platform_downloads_then_fails_at_tar_into_a_missing_fold
         "PLATFORM": platform,
         "INSTANCE": instance,
         "IMAGE": "game-server:latest",
-        "PORT": str(free_port("127.0.0.1")),
+        "PORT": str(free_port()),
         "HOSTNAME": "gamenode-it",
     }
     envs = {
