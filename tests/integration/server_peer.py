@@ -8,12 +8,13 @@ full agent (with Docker and ansible-runner behind it) would not let them do.
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import requests
@@ -282,3 +283,24 @@ def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+class PeerFactory(Protocol):
+    def __call__(self, node_id: str, port: int | None = None) -> AgentPeer: ...
+
+
+@contextlib.contextmanager
+def peer_factory(server: RunningServer) -> Iterator[PeerFactory]:
+    """Make agent peers on ``server``'s gRPC port (or another), closed on exit."""
+    made: list[AgentPeer] = []
+
+    def make(node_id: str, port: int | None = None) -> AgentPeer:
+        peer = AgentPeer(port or server.grpc_port, node_id)
+        made.append(peer)
+        return peer
+
+    try:
+        yield make
+    finally:
+        for peer in made:
+            peer.close()

@@ -14,7 +14,7 @@ import requests
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
 
-from .server_peer import AgentPeer, Api, eventually, start
+from .server_peer import AgentPeer, Api, PeerFactory, eventually, peer_factory, start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,17 +32,9 @@ def api(server: RunningServer) -> Api:
 
 
 @pytest.fixture
-def peers(server: RunningServer) -> Iterator[Callable[[str], AgentPeer]]:
-    made: list[AgentPeer] = []
-
-    def make(node_id: str) -> AgentPeer:
-        peer = AgentPeer(server.grpc_port, node_id)
-        made.append(peer)
-        return peer
-
-    yield make
-    for peer in made:
-        peer.close()
+def peers(server: RunningServer) -> Iterator[PeerFactory]:
+    with peer_factory(server) as make:
+        yield make
 
 
 def node_action(api: Api, node_id: str, action: str) -> requests.Response:

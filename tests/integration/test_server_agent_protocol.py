@@ -19,7 +19,15 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
 from gamepipeline.server.submission import Submission, prepare
 
-from .server_peer import GAME_DOCUMENT, AgentPeer, Api, eventually, start
+from .server_peer import (
+    GAME_DOCUMENT,
+    AgentPeer,
+    Api,
+    PeerFactory,
+    eventually,
+    peer_factory,
+    start,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,17 +50,9 @@ def api(server: RunningServer) -> Api:
 
 
 @pytest.fixture
-def peers(server: RunningServer) -> Iterator[Callable[[str], AgentPeer]]:
-    made: list[AgentPeer] = []
-
-    def make(node_id: str, port: int | None = None) -> AgentPeer:
-        peer = AgentPeer(port or server.grpc_port, node_id)
-        made.append(peer)
-        return peer
-
-    yield make
-    for peer in made:
-        peer.close()
+def peers(server: RunningServer) -> Iterator[PeerFactory]:
+    with peer_factory(server) as make:
+        yield make
 
 
 # --- the main path -----------------------------------------------------------------------
