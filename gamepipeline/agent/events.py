@@ -17,6 +17,8 @@ Rules it keeps:
   is replaced by ``***`` in messages and output tails;
 - a task that ran out of its ``timeout`` fails with the reason TIMEOUT, never CANCELED;
 - steps after a failed, timed-out or canceled one are skipped;
+- a pipeline the node refuses before anything runs fails with the reason REJECTED; a
+  step that breaks the node policy fails with what it breaks, the others are skipped;
 - the pipeline ends in exactly one of completed, failed or canceled, and a run that fails
   before its first task still fails the pipeline with the first error line it printed.
 """
@@ -331,21 +333,40 @@ class EventTranslator:
         reports.append(PipelineReport(pb.PIPELINE_STATE_COMPLETED))
         return reports
 
-    def reject(self, message: str) -> list[Report]:
-        """The closing reports for a pipeline that could not be prepared on the node
-        (a document the pipeline language refuses): nothing ran, every step is skipped
-        and the pipeline fails with the reason REJECTED."""
-        return self._masked(self._reject(message))
+    def reject(
+        self, message: str, broken: Mapping[int, str] | None = None
+    ) -> list[Report]:
+        """The closing reports for a pipeline that could not be prepared on the node:
+        nothing ran and the pipeline fails with the reason REJECTED.
 
-    def _reject(self, message: str) -> list[Report]:
+        Args:
+            message: the pipeline's message, why it was refused.
+            broken: the steps that break the node policy, each with what it breaks.
+                Each of them fails with its own message; every other step is skipped,
+                naming the first of them. Without it (a document the pipeline language
+                refuses, an env missing on the node) every step is skipped.
+        """
+        return self._masked(self._reject(message, dict(broken or {})))
+
+    def _reject(self, message: str, broken: dict[int, str]) -> list[Report]:
         if self._finished:
             return []
         self._finished = True
-        self._failure = _Failure(None, pb.END_REASON_REJECTED, _clip(message))
+        broken = {i: why for i, why in broken.items() if 0 <= i < len(self._names)}
+        first = min(broken, default=None)
+        self._failure = _Failure(first, pb.END_REASON_REJECTED, _clip(message))
+        skipped = "the pipeline was rejected on the node"
+        if first is not None:
+            skipped = (
+                f"not run: step {first} ({self._names[first]}) breaks the node policy"
+            )
         reports: list[Report] = list(self.start())
-        reports += self._skip_rest(
-            pb.END_REASON_REJECTED, "the pipeline was rejected on the node"
-        )
+        for index in range(len(self._names)):
+            if index in broken:
+                state, why = pb.STEP_STATE_FAILED, _clip(broken[index])
+            else:
+                state, why = pb.STEP_STATE_SKIPPED, skipped
+            reports.append(self._set(index, state, pb.END_REASON_REJECTED, why))
         reports.append(
             PipelineReport(
                 pb.PIPELINE_STATE_FAILED, pb.END_REASON_REJECTED, _clip(message)

@@ -2,8 +2,8 @@
 
 The agent checks every step of a bound pipeline (its args and envs substituted) against
 the policy before anything reaches Docker. A step that breaks it fails the pipeline with
-the reason REJECTED and a message naming the step, the value and the rule
-(``policy.mount_paths``, ``policy.devices``, ``policy.privileged``,
+the reason REJECTED; each step that breaks it fails with a message naming the field
+(``steps[1].container.volumes[0]``), the value and the rule (``policy.mount_paths``, ``policy.devices``, ``policy.privileged``,
 ``policy.capabilities``, ``policy.security_opt``, ``policy.host_namespaces``,
 ``policy.other_containers``, ``policy.runtimes``) with how to change it.
 
@@ -70,13 +70,33 @@ POLICY_KEYS: Final = (
 )
 
 
-class PolicyViolation(Exception):
-    """A step asks for something the node policy does not allow."""
+@dataclass(frozen=True)
+class StepViolation:
+    """What one step asks for that the node policy does not allow."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
+    index: int
+    name: str
+    #: One sentence per rule broken, each starting with the field's path.
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"step {self.index} ({self.name}) breaks the node policy: " + "; ".join(
+            self.problems
+        )
+
+
+class PolicyViolation(Exception):
+    """Steps ask for something the node policy does not allow.
+
+    ``steps`` holds every step that breaks a rule, in order; ``problems`` every rule
+    broken, of all of them.
+    """
+
+    def __init__(self, steps: Sequence[StepViolation]) -> None:
+        self.steps = list(steps)
+        self.problems = [problem for step in self.steps for problem in step.problems]
         # Every rule broken, not the first: the author fixes them in one go.
-        super().__init__("; ".join(problems))
+        super().__init__("; ".join(str(step) for step in self.steps))
 
 
 @dataclass(frozen=True)
@@ -102,62 +122,64 @@ class NodePolicy:
         """
         steps = list(steps)
         own = {s.container.container_name for s in steps if s.container.container_name}
-        problems: list[str] = []
+        broken = []
         for index, step in enumerate(steps):
-            problems += self._step_problems(index, step, resolve, own)
-        if problems:
-            raise PolicyViolation(problems)
+            problems = self._step_problems(index, step, resolve, own)
+            if problems:
+                broken.append(StepViolation(index, step.name, tuple(problems)))
+        if broken:
+            raise PolicyViolation(broken)
 
     def _step_problems(
         self, index: int, step: Step, resolve: Callable[[str], str], own: set[str]
     ) -> list[str]:
-        where = f"steps[{index}] ({step.name})"
+        where = f"steps[{index}].container"
         container = step.container
         problems = []
-        for volume in container.volumes:
+        for at, volume in enumerate(container.volumes):
             source = _volume_source(volume)
             if source is None:
                 continue
             real = resolve(source)
             if not _under(source, self.mount_paths):
                 problems.append(
-                    f'{where}: volume "{volume}" mounts the host path {source}, which '
+                    f'{where}.volumes[{at}]: "{volume}" mounts the host path {source}, which '
                     f"is outside policy.mount_paths ({_listed(self.mount_paths)}); "
                     "mount a folder below one of them or add it to the node's policy"
                 )
             elif not _under(real, self.mount_paths):
                 problems.append(
-                    f'{where}: volume "{volume}" mounts {source}, a symbolic link to '
+                    f'{where}.volumes[{at}]: "{volume}" mounts {source}, a symbolic link to '
                     f"{real}, which is outside policy.mount_paths "
                     f"({_listed(self.mount_paths)}); mount the real folder below one "
                     "of them"
                 )
-        for device in container.devices:
+        for at, device in enumerate(container.devices):
             host = _device_host(device)
             if not _under(host, self.devices):
                 problems.append(
-                    f'{where}: device "{device}" passes {host}, which is outside '
+                    f'{where}.devices[{at}]: "{device}" passes {host}, which is outside '
                     f"policy.devices ({_listed(self.devices)}); drop it or add it to "
                     "the node's policy"
                 )
         if container.privileged and not self.privileged:
             problems.append(
-                f"{where}: privileged: true is refused by policy.privileged (false) on "
+                f"{where}.privileged: true is refused by policy.privileged (false) on "
                 "this node; drop privileged or run the pipeline on a node that allows it"
             )
         allowed = {_capability(c) for c in self.capabilities}
-        for capability in container.cap_add:
+        for at, capability in enumerate(container.cap_add):
             if _capability(capability) not in allowed:
                 problems.append(
-                    f"{where}: cap_add {capability} is not in policy.capabilities "
+                    f"{where}.cap_add[{at}]: {capability} is not in policy.capabilities "
                     f"({_listed(self.capabilities)}); drop it or add it to the node's "
                     "policy"
                 )
         allowed_options = {_security_opt(o) for o in self.security_opt}
-        for option in container.security_opt:
+        for at, option in enumerate(container.security_opt):
             if _security_opt(option) not in allowed_options:
                 problems.append(
-                    f"{where}: security_opt {option} is not in policy.security_opt "
+                    f"{where}.security_opt[{at}]: {option} is not in policy.security_opt "
                     f"({_listed(self.security_opt)}); drop it or add it to the node's "
                     "policy"
                 )
@@ -168,7 +190,7 @@ class NodePolicy:
             ):
                 if value is not None and value.strip().lower() == "host":
                     problems.append(
-                        f"{where}: {field}: host shares the node's own namespace, "
+                        f"{where}.{field}: host shares the node's own namespace, "
                         "which policy.host_namespaces (false) refuses; publish ports "
                         "or use shm_size instead, or allow it in the node's policy"
                     )
@@ -180,14 +202,14 @@ class NodePolicy:
             if kind.lower() != "container" or self.other_containers or other in own:
                 continue
             problems.append(
-                f"{where}: {field}: container:{other} joins the namespace of a "
+                f"{where}.{field}: container:{other} joins the namespace of a "
                 "container that is not one of this pipeline's, which "
                 "policy.other_containers (false) refuses; join a container an "
                 "earlier step of the pipeline starts, or allow it in the node's policy"
             )
         if container.runtime is not None and container.runtime not in self.runtimes:
             problems.append(
-                f"{where}: runtime {container.runtime} is not in policy.runtimes "
+                f"{where}.runtime: {container.runtime} is not in policy.runtimes "
                 f"({_listed(self.runtimes)}); use one of them or add it to the "
                 "node's policy"
             )

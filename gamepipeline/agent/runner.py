@@ -422,7 +422,13 @@ class PipelineRun:
             translator = EventTranslator(
                 names, language.step_index_of_task, secrets=secrets
             )
-            self._send(translator.reject(f"the pipeline was rejected: {why}"))
+            # The translator masks the steps' messages itself.
+            broken = (
+                {s.index: "; ".join(s.problems) for s in err.steps}
+                if isinstance(err, PolicyViolation)
+                else {}
+            )
+            self._send(translator.reject(f"the pipeline was rejected: {why}", broken))
             return
 
         info = describe_play(prepared.playbook, len(prepared.step_names))

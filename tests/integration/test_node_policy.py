@@ -1,19 +1,22 @@
 """The node policy in an agent's configuration file holds end to end (issue #5).
 
 A step that asks for what the node's policy forbids fails before anything reaches Docker,
-with a message naming the rule; nothing is created on the engine.
+with a message naming the field and the rule; the steps it stops are skipped, and
+nothing is created on the engine.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import docker
 import pytest
 import yaml
 
-from .conftest import Server, start_agent
+from .conftest import Server, gamepipeline_command, start_agent
 
 pytestmark = pytest.mark.docker
 
@@ -39,20 +42,36 @@ def test_step_outside_the_configured_policy_is_rejected_before_docker(
         )
     )
     agent = start_agent(workdir, server, node_id, "--config", str(config))
-    name = f"gp-policy-{run_id}"
-    cleanup_containers.append(name)
+    names = [f"gp-policy-{step}-{run_id}" for step in ("fetch", "game", "stream")]
+    cleanup_containers.extend(names)
     document = {
         "name": "too-much",
         "steps": [
+            {
+                "name": "fetch",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "container_name": names[0],
+                    "commands": ["true"],
+                },
+            },
             {
                 "name": "game",
                 "type": "service",
                 "container": {
                     "image": "gamepipeline/stand-in:busybox",
-                    "container_name": name,
+                    "container_name": names[1],
                     "privileged": True,
                 },
-            }
+            },
+            {
+                "name": "stream",
+                "type": "service",
+                "container": {
+                    "image": "gamepipeline/stand-in:busybox",
+                    "container_name": names[2],
+                },
+            },
         ],
     }
     try:
@@ -63,8 +82,46 @@ def test_step_outside_the_configured_policy_is_rejected_before_docker(
 
     assert final["state"] == "failed", final
     assert final["reason"] == "rejected", final
+    assert "step 1 (game) breaks the node policy" in final["message"], final
     assert "policy.privileged" in final["message"], final
-    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+    steps = final["steps"]
+    assert [(s["state"], s["reason"]) for s in steps] == [
+        ("skipped", "rejected"),
+        ("failed", "rejected"),
+        ("skipped", "rejected"),
+    ], steps
+    # The step that broke the rule says which field and which rule.
+    assert steps[1]["message"].startswith(
+        "steps[1].container.privileged: true is refused by policy.privileged (false)"
+    ), steps[1]
+    assert steps[2]["message"] == "not run: step 1 (game) breaks the node policy"
+    for name in names:
+        assert docker_client.containers.list(all=True, filters={"name": name}) == []
+
+    # The operator's view: the failed step's row carries the rule.
+    env = dict(os.environ, GAMEPIPELINE_URL=f"http://127.0.0.1:{server.http_port}")
+    env["COLUMNS"] = "200"
+    shown = subprocess.run(
+        [*gamepipeline_command(), "status", pipeline_id],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split("│")[1].strip(): line for line in _table_rows(shown.stdout)}
+    assert "failed" in rows["1"] and "policy.privileged" in rows["1"], shown.stdout
+    assert "skipped" in rows["2"] and "breaks the node policy" in rows["2"]
+
+
+def _table_rows(text: str) -> list[str]:
+    """The body rows of a rich table: lines with cells whose first one is a number."""
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip().isdigit()
+    ]
 
 
 def test_a_link_an_earlier_step_leaves_cannot_carry_a_later_mount_outside(

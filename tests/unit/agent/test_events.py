@@ -298,6 +298,39 @@ def test_rejected_pipeline_skips_every_step() -> None:
     )
 
 
+def test_a_step_that_breaks_the_node_policy_fails_and_the_others_are_skipped() -> None:
+    translator = EventTranslator(["fetch", "game", "stream"], step_index_of_task)
+
+    reports = translator.reject(
+        "the pipeline was rejected: step 1 (game) breaks the node policy: …",
+        {1: "steps[1].container.privileged: true is refused by policy.privileged"},
+    )
+
+    steps = [r for r in reports if isinstance(r, StepReport)]
+    assert [(r.step_index, r.state, r.reason) for r in steps] == [
+        (0, pb.STEP_STATE_SKIPPED, pb.END_REASON_REJECTED),
+        (1, pb.STEP_STATE_FAILED, pb.END_REASON_REJECTED),
+        (2, pb.STEP_STATE_SKIPPED, pb.END_REASON_REJECTED),
+    ]
+    assert steps[1].message == (
+        "steps[1].container.privileged: true is refused by policy.privileged"
+    )
+    assert steps[2].message == "not run: step 1 (game) breaks the node policy"
+    assert reports[-1].state == pb.PIPELINE_STATE_FAILED
+    assert reports[-1].reason == pb.END_REASON_REJECTED
+
+
+def test_a_policy_message_is_masked_like_any_other() -> None:
+    translator = EventTranslator(["game"], step_index_of_task, secrets=["s3cr3t-key"])
+
+    [step, pipeline] = translator.reject(
+        "rejected: /data/s3cr3t-key", {0: 'volumes[0]: "/s3cr3t-key:/x" is outside'}
+    )[-2:]
+
+    assert isinstance(step, StepReport) and "s3cr3t-key" not in step.message
+    assert "***" in step.message and "s3cr3t-key" not in pipeline.message
+
+
 def test_ignored_failure_does_not_fail_the_step() -> None:
     translator = EventTranslator(["a"], step_index_of_task)
     translator.feed({"event": "runner_on_start", "event_data": {"task": "[step 0] a"}})

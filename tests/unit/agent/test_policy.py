@@ -51,7 +51,8 @@ def test_a_host_path_outside_mount_paths_names_the_rule(volume: str) -> None:
     message = violation(NodePolicy(), {"volumes": [volume]})
     assert "policy.mount_paths" in message
     assert volume in message
-    assert "steps[0] (s)" in message
+    assert 'steps[0].container.volumes[0]: "' in message
+    assert "step 0 (s) breaks the node policy" in message
 
 
 def test_named_and_anonymous_volumes_need_no_rule() -> None:
@@ -60,19 +61,24 @@ def test_named_and_anonymous_volumes_need_no_rule() -> None:
 
 def test_a_device_outside_the_policy_is_refused() -> None:
     message = violation(NodePolicy(), {"devices": ["/dev/sda:/dev/sda"]})
-    assert "policy.devices" in message and "/dev/sda" in message
+    assert 'steps[0].container.devices[0]: "/dev/sda:/dev/sda"' in message
+    assert "policy.devices" in message
     NodePolicy().check(steps_of({"devices": ["/dev/dri/renderD128"]}))
 
 
 def test_privileged_is_refused_when_the_policy_says_false() -> None:
     strict = NodePolicy(privileged=False)
-    assert "policy.privileged" in violation(strict, {"privileged": True})
+    message = violation(strict, {"privileged": True})
+    assert "steps[0].container.privileged: true is refused by policy.privileged" in (
+        message
+    )
     strict.check(steps_of({"privileged": False}))
 
 
 def test_capabilities_outside_the_list_are_refused_by_name() -> None:
     message = violation(NodePolicy(), {"cap_add": ["SYS_ADMIN", "CAP_SYS_NICE"]})
-    assert "cap_add SYS_ADMIN" in message and "policy.capabilities" in message
+    assert "steps[0].container.cap_add[0]: SYS_ADMIN" in message
+    assert "policy.capabilities" in message
     assert "SYS_NICE" not in message.split("(")[0]
 
 
@@ -84,15 +90,19 @@ def test_security_options_outside_the_list_are_refused_by_name() -> None:
     message = violation(
         allowed, {"security_opt": ["apparmor=unconfined", "label=disable"]}
     )
-    assert "security_opt apparmor=unconfined is not in policy.security_opt" in message
-    assert "security_opt label=disable" in message
-    assert "steps[0] (s)" in message
+    assert (
+        "steps[0].container.security_opt[0]: apparmor=unconfined is not in "
+        "policy.security_opt" in message
+    )
+    assert "steps[0].container.security_opt[1]: label=disable" in message
+    assert "step 0 (s) breaks the node policy" in message
 
 
 @pytest.mark.parametrize("field", ["network_mode", "ipc"])
 def test_host_namespaces_are_refused_unless_the_policy_allows_them(field: str) -> None:
     message = violation(NodePolicy(), {field: "host"})
-    assert f"{field}: host" in message and "policy.host_namespaces" in message
+    assert f"steps[0].container.{field}: host" in message
+    assert "policy.host_namespaces" in message
 
     NodePolicy(host_namespaces=True).check(steps_of({field: "host"}))
     NodePolicy(other_containers=True).check(steps_of({field: "container:other"}))
@@ -115,7 +125,7 @@ def test_joining_a_container_outside_the_pipeline_is_refused(field: str) -> None
     with pytest.raises(PolicyViolation) as caught:
         NodePolicy().check(steps)
     assert caught.value.problems == [
-        f"steps[2] (spy): {field}: container:other joins the namespace of a container "
+        f"steps[2].container.{field}: container:other joins the namespace of a container "
         "that is not one of this pipeline's, which policy.other_containers (false) "
         "refuses; join a container an earlier step of the pipeline starts, or allow it "
         "in the node's policy"
@@ -126,7 +136,10 @@ def test_joining_a_container_outside_the_pipeline_is_refused(field: str) -> None
 def test_runtimes_outside_the_list_are_refused() -> None:
     NodePolicy().check(steps_of({"runtime": "nvidia"}))
     message = violation(NodePolicy(), {"runtime": "kata"})
-    assert "runtime kata is not in policy.runtimes (runc, nvidia)" in message
+    assert (
+        "steps[0].container.runtime: kata is not in policy.runtimes (runc, nvidia)"
+        in message
+    )
 
 
 def test_every_broken_rule_is_listed() -> None:
@@ -138,6 +151,36 @@ def test_every_broken_rule_is_listed() -> None:
     # The message carries every rule broken, so the author sees them all at once.
     assert "policy.privileged" in str(caught.value)
     assert "policy.mount_paths" in str(caught.value)
+
+
+def test_the_violation_names_each_step_that_breaks_a_rule_and_only_those() -> None:
+    template = load_template(
+        {
+            "name": "t",
+            "steps": [
+                {"name": "fetch", "container": {"image": "i"}},
+                {"name": "game", "container": {"image": "i", "volumes": ["/etc:/x"]}},
+                {
+                    "name": "tools",
+                    "container": {"image": "i", "cap_add": ["SYS_ADMIN"]},
+                },
+            ],
+        }
+    )
+
+    with pytest.raises(PolicyViolation) as caught:
+        NodePolicy().check(bind(template, {}, {}).steps)
+
+    assert [(s.index, s.name) for s in caught.value.steps] == [
+        (1, "game"),
+        (2, "tools"),
+    ]
+    first = caught.value.steps[0].problems[0]
+    assert first.startswith(
+        'steps[1].container.volumes[0]: "/etc:/x" mounts the host path /etc,'
+    )
+    assert str(caught.value).startswith("step 1 (game) breaks the node policy: ")
+    assert "; step 2 (tools) breaks the node policy: " in str(caught.value)
 
 
 def test_a_symbolic_link_below_an_allowed_folder_cannot_lead_outside_it(
