@@ -4,11 +4,12 @@
 SIGINT. ``start_agent(config)`` starts the same agent in background threads and returns a
 ``RunningAgent`` whose ``stop()`` ends it, for tests and embedding.
 
-When the agent starts, before it registers, it kills the playbooks a previous agent of
-its node left running, settles the runs a previous agent on the same work dir left
-unfinished, and lists the labelled containers on its engine for the server, which
-settles the pipelines the agent no longer knows and names the containers to remove
-(``recovery``). It keeps a spare ansible-playbook started ahead of the next pipeline
+An agent holds its work dir locked while it runs (``lock_work_dir``): a second agent
+on the same work dir refuses to start. When the agent starts, before it registers, it
+kills the playbooks a previous agent of its node left running, settles the runs a
+previous agent on the same work dir left unfinished, and lists the labelled
+containers on its engine for the server, which settles the pipelines the agent no
+longer knows and names the containers to remove (``recovery``). It keeps a spare ansible-playbook started ahead of the next pipeline
 (``spare``); a new spare is started each time one is taken. When the agent stops, every
 run still going is ended by the agent itself: ansible-runner is stopped, the container
 of the step that had not finished is removed, and the pipeline fails with the reason
@@ -18,13 +19,16 @@ delivered if the server is reachable, or by the next agent started on the same w
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
@@ -325,12 +329,46 @@ def claim_work_dir(work_dir: Path, node_id: str) -> None:
         partial.replace(marker)
 
 
+#: The file in an agent's work dir that the agent using it holds locked.
+LOCK_FILE: Final = "agent.lock"
+
+
+def lock_work_dir(work_dir: Path, node_id: str) -> IO[str]:
+    """Hold ``work_dir`` for this agent until the returned file is closed.
+
+    A second agent on the same work dir would take the first one's runs for those of
+    a dead agent: fail them, remove their containers and dirs. It refuses to start
+    instead, naming the agent that holds the dir. The lock is the kernel's (``flock``
+    on ``agent.lock``), so it goes with the process however that ends; the file says
+    who holds it.
+    """
+    path = work_dir / LOCK_FILE
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "an agent that has not said who it is"
+        handle.close()
+        raise AgentError(
+            f"work dir {work_dir} is in use by another agent of node {node_id} "
+            f"({holder}); stop that agent first, or give this one a work dir of its "
+            "own (--work-dir) and a node id of its own (--node-id)"
+        ) from None
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+    handle.flush()
+    return handle
+
+
 class RunningAgent:
     """An agent running in background threads; ``stop()`` ends it."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         claim_work_dir(config.work_dir, config.node_id)
+        self._work_lock = lock_work_dir(config.work_dir, config.node_id)
         self.reporter = Reporter(config.node_id, config.journal_dir)
         self.agent = Agent(config, self.reporter)
         self.connection = Connection(config, self.agent, self.reporter.set_stub)
@@ -396,6 +434,7 @@ class RunningAgent:
         self.connection.stop()
         self._thread.join(timeout)
         self.reporter.stop()
+        self._work_lock.close()
         log.info("node %s: agent stopped", node)
 
 

@@ -23,12 +23,17 @@ FINAL_CODES = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
-        # The server ends a stream with ABORTED when another agent registers with the
-        # same node id; reconnecting would only take the node id back and forth.
+        # The server ends a stream with ABORTED when another stream took the node
+        # over: the agent's own newer one, or another agent's after this one fell
+        # silent; reconnecting would only take the node id back and forth.
         grpc.StatusCode.ABORTED,
     }
 )
-"""Stream failures that retrying cannot fix: the agent stops and says why."""
+"""Stream failures that retrying cannot fix: the agent stops and says why.
+
+ALREADY_EXISTS (another live agent holds the node id) is not among them: the holder
+may be gone behind a half-open connection, which the server notices within its offline
+limit, and the agent must get in then."""
 
 FINAL_REPORT_CODES = frozenset(
     {

@@ -16,7 +16,11 @@ A stream on which the server has said nothing for ``SILENCE_LIMIT_HEARTBEATS`` h
 intervals is dead even if TCP has not noticed, and is dropped. After any transient end
 (UNAVAILABLE, UNKNOWN "Stream removed", a silent stream, the server closing it) the agent
 reconnects with capped, jittered exponential backoff; a final status (``backoff.FINAL_CODES``)
-stops it with ``FatalConnectionError``.
+stops it with ``FatalConnectionError``. ALREADY_EXISTS (another live agent holds the node
+id) is not final: the agent logs the server's reason and keeps trying with its backoff,
+and gets in once the other agent's stream ends or goes silent. Every registration
+carries the agent's ``AgentInstance`` (a random id made at start, its pid and start
+time), so that the server takes the agent's own reconnect for what it is.
 
 Every call on the channel (the stream and the reporter's status reports) carries the
 node's token as ``authorization: Bearer <token>`` metadata when the agent has one. With
@@ -28,9 +32,11 @@ server asks for mutual TLS. There is no way to turn verification off.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -165,6 +171,13 @@ class Connection:
         *,
         backoff: Backoff | None = None,
     ) -> None:
+        #: Who this agent is, the same on every registration of its life: the server
+        #: tells its reconnects from a second agent of the same node id by it.
+        self.instance = pb.AgentInstance(
+            instance_id=uuid.uuid4().hex,
+            pid=os.getpid(),
+            started_at_ms=int(time.time() * 1000),
+        )
         self._config = config
         self._handler = handler
         self._on_connected = on_connected
@@ -204,7 +217,14 @@ class Connection:
                         "node %s: server refused the agent: %s %s", node, code, details
                     )
                     raise FatalConnectionError(code, details) from None
-                log.warning("node %s: stream ended: %s %s", node, code, details)
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    # Another agent holds the node; it may be gone with its stream
+                    # half-open, so keep trying until the server lets this one in.
+                    log.warning(
+                        "node %s: server refused the registration: %s", node, details
+                    )
+                else:
+                    log.warning("node %s: stream ended: %s %s", node, code, details)
             finally:
                 self.connected.clear()
                 self._on_connected(None)
@@ -260,6 +280,7 @@ class Connection:
                 protocol_version=wire.PROTOCOL_VERSION,
                 running_pipeline_ids=self._handler.running_ids(),
                 inventory=self._handler.inventory(),
+                instance=self.instance,
             )
         )
 

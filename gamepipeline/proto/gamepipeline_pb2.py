@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%gamepipeline/proto/gamepipeline.proto\x12\x1a\x62\x65\x61glewind.gamepipeline.v1\"\xf4\x01\n\nStepStatus\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.StepState\x12\x35\n\x06reason\x18\x02 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\x05 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x07 \x01(\x03\x42\x0c\n\n_exit_code\"q\n\x0cPipelineStep\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x36\n\x06status\x18\x04 \x01(\x0b\x32&.beaglewind.gamepipeline.v1.StepStatus\"\xd7\x01\n\x0ePipelineStatus\x12\x38\n\x05state\x18\x01 \x01(\x0e\x32).beaglewind.gamepipeline.v1.PipelineState\x12\x35\n\x06reason\x18\x02 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x04 \x01(\x05\x12\x15\n\rstarted_at_ms\x18\x05 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x06 \x01(\x03\"\x8b\x04\n\x0cGamePipeline\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04\x65nvs\x18\x05 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x06 \x03(\t\x12\x37\n\x05steps\x18\x07 \x03(\x0b\x32(.beaglewind.gamepipeline.v1.PipelineStep\x12:\n\x06status\x18\x08 \x01(\x0b\x32*.beaglewind.gamepipeline.v1.PipelineStatus\x12\x15\n\rdocument_json\x18\t \x01(\t\x12K\n\narg_values\x18\n \x03(\x0b\x32\x37.beaglewind.gamepipeline.v1.GamePipeline.ArgValuesEntry\x12K\n\nenv_values\x18\x0b \x03(\x0b\x32\x37.beaglewind.gamepipeline.v1.GamePipeline.EnvValuesEntry\x12\x17\n\x0ftimeout_seconds\x18\x0c \x01(\x05\x1a\x30\n\x0e\x41rgValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x45nvValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x02\n\x11\x41gentRegistration\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12I\n\x06labels\x18\x03 \x03(\x0b\x32\x39.beaglewind.gamepipeline.v1.AgentRegistration.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x06 \x01(\x05\x12\x1c\n\x14running_pipeline_ids\x18\x07 \x03(\t\x12<\n\tinventory\x18\x08 \x01(\x0b\x32).beaglewind.gamepipeline.v1.NodeInventory\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\rNodeInventory\x12>\n\ncontainers\x18\x01 \x03(\x0b\x32*.beaglewind.gamepipeline.v1.FoundContainer\"X\n\x0e\x46oundContainer\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x12\n\nstep_index\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07running\x18\x04 \x01(\x08\"=\n\tHeartbeat\x12\x1c\n\x14running_pipeline_ids\x18\x01 \x03(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x03\"E\n\x0bPipelineAck\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xd6\x01\n\x15PipelineStreamRequest\x12\x41\n\x08register\x18\x01 \x01(\x0b\x32-.beaglewind.gamepipeline.v1.AgentRegistrationH\x00\x12:\n\theartbeat\x18\x02 \x01(\x0b\x32%.beaglewind.gamepipeline.v1.HeartbeatH\x00\x12\x36\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\'.beaglewind.gamepipeline.v1.PipelineAckH\x00\x42\x06\n\x04kind\"\xc4\x01\n\x14RegistrationAccepted\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x18\n\x10protocol_version\x18\x03 \x01(\x05\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\x12\x45\n\x11remove_containers\x18\x05 \x03(\x0b\x32*.beaglewind.gamepipeline.v1.FoundContainer\"5\n\x0e\x43\x61ncelPipeline\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0cHeartbeatAck\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x03\"\xa7\x02\n\x16PipelineStreamResponse\x12\x46\n\nregistered\x18\x01 \x01(\x0b\x32\x30.beaglewind.gamepipeline.v1.RegistrationAcceptedH\x00\x12<\n\x08pipeline\x18\x02 \x01(\x0b\x32(.beaglewind.gamepipeline.v1.GamePipelineH\x00\x12<\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32*.beaglewind.gamepipeline.v1.CancelPipelineH\x00\x12\x41\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32(.beaglewind.gamepipeline.v1.HeartbeatAckH\x00\x42\x06\n\x04kind\"\xed\x01\n\x1bUpdatePipelineStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x38\n\x05state\x18\x03 \x01(\x0e\x32).beaglewind.gamepipeline.v1.PipelineState\x12\x35\n\x06reason\x18\x04 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\"R\n\x1cUpdatePipelineStatusResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xb4\x02\n\x17UpdateStepStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.StepState\x12\x35\n\x06reason\x18\x05 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\x08 \x01(\t\x12\x10\n\x08sequence\x18\t \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\n \x01(\x03\x42\x0c\n\n_exit_code\"N\n\x18UpdateStepStatusResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01*\xbd\x01\n\rPipelineState\x12\x1e\n\x1aPIPELINE_STATE_NOT_STARTED\x10\x00\x12\x1a\n\x16PIPELINE_STATE_PENDING\x10\x01\x12\x1a\n\x16PIPELINE_STATE_RUNNING\x10\x02\x12\x1c\n\x18PIPELINE_STATE_COMPLETED\x10\x03\x12\x19\n\x15PIPELINE_STATE_FAILED\x10\x04\x12\x1b\n\x17PIPELINE_STATE_CANCELED\x10\x05*\x84\x01\n\tStepState\x12\x16\n\x12STEP_STATE_PENDING\x10\x00\x12\x16\n\x12STEP_STATE_RUNNING\x10\x01\x12\x18\n\x14STEP_STATE_COMPLETED\x10\x02\x12\x15\n\x11STEP_STATE_FAILED\x10\x03\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x04*\xc7\x01\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45ND_REASON_STEP_FAILED\x10\x01\x12\x16\n\x12\x45ND_REASON_TIMEOUT\x10\x02\x12\x17\n\x13\x45ND_REASON_CANCELED\x10\x03\x12\x18\n\x14\x45ND_REASON_NODE_LOST\x10\x04\x12\x1e\n\x1a\x45ND_REASON_AGENT_RESTARTED\x10\x05\x12\x17\n\x13\x45ND_REASON_REJECTED\x10\x06\x32\xa1\x03\n\x17GamePipelineGRPCService\x12{\n\x0ePipelineStream\x12\x31.beaglewind.gamepipeline.v1.PipelineStreamRequest\x1a\x32.beaglewind.gamepipeline.v1.PipelineStreamResponse(\x01\x30\x01\x12\x89\x01\n\x14UpdatePipelineStatus\x12\x37.beaglewind.gamepipeline.v1.UpdatePipelineStatusRequest\x1a\x38.beaglewind.gamepipeline.v1.UpdatePipelineStatusResponse\x12}\n\x10UpdateStepStatus\x12\x33.beaglewind.gamepipeline.v1.UpdateStepStatusRequest\x1a\x34.beaglewind.gamepipeline.v1.UpdateStepStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%gamepipeline/proto/gamepipeline.proto\x12\x1a\x62\x65\x61glewind.gamepipeline.v1\"\xf4\x01\n\nStepStatus\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.StepState\x12\x35\n\x06reason\x18\x02 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\x05 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x07 \x01(\x03\x42\x0c\n\n_exit_code\"q\n\x0cPipelineStep\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x36\n\x06status\x18\x04 \x01(\x0b\x32&.beaglewind.gamepipeline.v1.StepStatus\"\xd7\x01\n\x0ePipelineStatus\x12\x38\n\x05state\x18\x01 \x01(\x0e\x32).beaglewind.gamepipeline.v1.PipelineState\x12\x35\n\x06reason\x18\x02 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x04 \x01(\x05\x12\x15\n\rstarted_at_ms\x18\x05 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x06 \x01(\x03\"\x8b\x04\n\x0cGamePipeline\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04\x65nvs\x18\x05 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x06 \x03(\t\x12\x37\n\x05steps\x18\x07 \x03(\x0b\x32(.beaglewind.gamepipeline.v1.PipelineStep\x12:\n\x06status\x18\x08 \x01(\x0b\x32*.beaglewind.gamepipeline.v1.PipelineStatus\x12\x15\n\rdocument_json\x18\t \x01(\t\x12K\n\narg_values\x18\n \x03(\x0b\x32\x37.beaglewind.gamepipeline.v1.GamePipeline.ArgValuesEntry\x12K\n\nenv_values\x18\x0b \x03(\x0b\x32\x37.beaglewind.gamepipeline.v1.GamePipeline.EnvValuesEntry\x12\x17\n\x0ftimeout_seconds\x18\x0c \x01(\x05\x1a\x30\n\x0e\x41rgValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x45nvValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x03\n\x11\x41gentRegistration\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12I\n\x06labels\x18\x03 \x03(\x0b\x32\x39.beaglewind.gamepipeline.v1.AgentRegistration.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x06 \x01(\x05\x12\x1c\n\x14running_pipeline_ids\x18\x07 \x03(\t\x12<\n\tinventory\x18\x08 \x01(\x0b\x32).beaglewind.gamepipeline.v1.NodeInventory\x12;\n\x08instance\x18\t \x01(\x0b\x32).beaglewind.gamepipeline.v1.AgentInstance\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\rAgentInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x15\n\rstarted_at_ms\x18\x03 \x01(\x03\"O\n\rNodeInventory\x12>\n\ncontainers\x18\x01 \x03(\x0b\x32*.beaglewind.gamepipeline.v1.FoundContainer\"X\n\x0e\x46oundContainer\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x12\n\nstep_index\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07running\x18\x04 \x01(\x08\"=\n\tHeartbeat\x12\x1c\n\x14running_pipeline_ids\x18\x01 \x03(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x03\"E\n\x0bPipelineAck\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xd6\x01\n\x15PipelineStreamRequest\x12\x41\n\x08register\x18\x01 \x01(\x0b\x32-.beaglewind.gamepipeline.v1.AgentRegistrationH\x00\x12:\n\theartbeat\x18\x02 \x01(\x0b\x32%.beaglewind.gamepipeline.v1.HeartbeatH\x00\x12\x36\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\'.beaglewind.gamepipeline.v1.PipelineAckH\x00\x42\x06\n\x04kind\"\xc4\x01\n\x14RegistrationAccepted\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x18\n\x10protocol_version\x18\x03 \x01(\x05\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\x12\x45\n\x11remove_containers\x18\x05 \x03(\x0b\x32*.beaglewind.gamepipeline.v1.FoundContainer\"5\n\x0e\x43\x61ncelPipeline\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0cHeartbeatAck\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x03\"\xa7\x02\n\x16PipelineStreamResponse\x12\x46\n\nregistered\x18\x01 \x01(\x0b\x32\x30.beaglewind.gamepipeline.v1.RegistrationAcceptedH\x00\x12<\n\x08pipeline\x18\x02 \x01(\x0b\x32(.beaglewind.gamepipeline.v1.GamePipelineH\x00\x12<\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32*.beaglewind.gamepipeline.v1.CancelPipelineH\x00\x12\x41\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32(.beaglewind.gamepipeline.v1.HeartbeatAckH\x00\x42\x06\n\x04kind\"\xed\x01\n\x1bUpdatePipelineStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x38\n\x05state\x18\x03 \x01(\x0e\x32).beaglewind.gamepipeline.v1.PipelineState\x12\x35\n\x06reason\x18\x04 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\"R\n\x1cUpdatePipelineStatusResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xb4\x02\n\x17UpdateStepStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.StepState\x12\x35\n\x06reason\x18\x05 \x01(\x0e\x32%.beaglewind.gamepipeline.v1.EndReason\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\x08 \x01(\t\x12\x10\n\x08sequence\x18\t \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\n \x01(\x03\x42\x0c\n\n_exit_code\"N\n\x18UpdateStepStatusResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01*\xbd\x01\n\rPipelineState\x12\x1e\n\x1aPIPELINE_STATE_NOT_STARTED\x10\x00\x12\x1a\n\x16PIPELINE_STATE_PENDING\x10\x01\x12\x1a\n\x16PIPELINE_STATE_RUNNING\x10\x02\x12\x1c\n\x18PIPELINE_STATE_COMPLETED\x10\x03\x12\x19\n\x15PIPELINE_STATE_FAILED\x10\x04\x12\x1b\n\x17PIPELINE_STATE_CANCELED\x10\x05*\x84\x01\n\tStepState\x12\x16\n\x12STEP_STATE_PENDING\x10\x00\x12\x16\n\x12STEP_STATE_RUNNING\x10\x01\x12\x18\n\x14STEP_STATE_COMPLETED\x10\x02\x12\x15\n\x11STEP_STATE_FAILED\x10\x03\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x04*\xc7\x01\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45ND_REASON_STEP_FAILED\x10\x01\x12\x16\n\x12\x45ND_REASON_TIMEOUT\x10\x02\x12\x17\n\x13\x45ND_REASON_CANCELED\x10\x03\x12\x18\n\x14\x45ND_REASON_NODE_LOST\x10\x04\x12\x1e\n\x1a\x45ND_REASON_AGENT_RESTARTED\x10\x05\x12\x17\n\x13\x45ND_REASON_REJECTED\x10\x06\x32\xa1\x03\n\x17GamePipelineGRPCService\x12{\n\x0ePipelineStream\x12\x31.beaglewind.gamepipeline.v1.PipelineStreamRequest\x1a\x32.beaglewind.gamepipeline.v1.PipelineStreamResponse(\x01\x30\x01\x12\x89\x01\n\x14UpdatePipelineStatus\x12\x37.beaglewind.gamepipeline.v1.UpdatePipelineStatusRequest\x1a\x38.beaglewind.gamepipeline.v1.UpdatePipelineStatusResponse\x12}\n\x10UpdateStepStatus\x12\x33.beaglewind.gamepipeline.v1.UpdateStepStatusRequest\x1a\x34.beaglewind.gamepipeline.v1.UpdateStepStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GAMEPIPELINE_ENVVALUESENTRY']._serialized_options = b'8\001'
   _globals['_AGENTREGISTRATION_LABELSENTRY']._loaded_options = None
   _globals['_AGENTREGISTRATION_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOLVERSION']._serialized_start=3338
-  _globals['_PROTOCOLVERSION']._serialized_end=3419
-  _globals['_PIPELINESTATE']._serialized_start=3422
-  _globals['_PIPELINESTATE']._serialized_end=3611
-  _globals['_STEPSTATE']._serialized_start=3614
-  _globals['_STEPSTATE']._serialized_end=3746
-  _globals['_ENDREASON']._serialized_start=3749
-  _globals['_ENDREASON']._serialized_end=3948
+  _globals['_PROTOCOLVERSION']._serialized_start=3473
+  _globals['_PROTOCOLVERSION']._serialized_end=3554
+  _globals['_PIPELINESTATE']._serialized_start=3557
+  _globals['_PIPELINESTATE']._serialized_end=3746
+  _globals['_STEPSTATE']._serialized_start=3749
+  _globals['_STEPSTATE']._serialized_end=3881
+  _globals['_ENDREASON']._serialized_start=3884
+  _globals['_ENDREASON']._serialized_end=4083
   _globals['_STEPSTATUS']._serialized_start=70
   _globals['_STEPSTATUS']._serialized_end=314
   _globals['_PIPELINESTEP']._serialized_start=316
@@ -58,35 +58,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GAMEPIPELINE_ENVVALUESENTRY']._serialized_start=1125
   _globals['_GAMEPIPELINE_ENVVALUESENTRY']._serialized_end=1173
   _globals['_AGENTREGISTRATION']._serialized_start=1176
-  _globals['_AGENTREGISTRATION']._serialized_end=1511
-  _globals['_AGENTREGISTRATION_LABELSENTRY']._serialized_start=1466
-  _globals['_AGENTREGISTRATION_LABELSENTRY']._serialized_end=1511
-  _globals['_NODEINVENTORY']._serialized_start=1513
-  _globals['_NODEINVENTORY']._serialized_end=1592
-  _globals['_FOUNDCONTAINER']._serialized_start=1594
-  _globals['_FOUNDCONTAINER']._serialized_end=1682
-  _globals['_HEARTBEAT']._serialized_start=1684
-  _globals['_HEARTBEAT']._serialized_end=1745
-  _globals['_PIPELINEACK']._serialized_start=1747
-  _globals['_PIPELINEACK']._serialized_end=1816
-  _globals['_PIPELINESTREAMREQUEST']._serialized_start=1819
-  _globals['_PIPELINESTREAMREQUEST']._serialized_end=2033
-  _globals['_REGISTRATIONACCEPTED']._serialized_start=2036
-  _globals['_REGISTRATIONACCEPTED']._serialized_end=2232
-  _globals['_CANCELPIPELINE']._serialized_start=2234
-  _globals['_CANCELPIPELINE']._serialized_end=2287
-  _globals['_HEARTBEATACK']._serialized_start=2289
-  _globals['_HEARTBEATACK']._serialized_end=2323
-  _globals['_PIPELINESTREAMRESPONSE']._serialized_start=2326
-  _globals['_PIPELINESTREAMRESPONSE']._serialized_end=2621
-  _globals['_UPDATEPIPELINESTATUSREQUEST']._serialized_start=2624
-  _globals['_UPDATEPIPELINESTATUSREQUEST']._serialized_end=2861
-  _globals['_UPDATEPIPELINESTATUSRESPONSE']._serialized_start=2863
-  _globals['_UPDATEPIPELINESTATUSRESPONSE']._serialized_end=2945
-  _globals['_UPDATESTEPSTATUSREQUEST']._serialized_start=2948
-  _globals['_UPDATESTEPSTATUSREQUEST']._serialized_end=3256
-  _globals['_UPDATESTEPSTATUSRESPONSE']._serialized_start=3258
-  _globals['_UPDATESTEPSTATUSRESPONSE']._serialized_end=3336
-  _globals['_GAMEPIPELINEGRPCSERVICE']._serialized_start=3951
-  _globals['_GAMEPIPELINEGRPCSERVICE']._serialized_end=4368
+  _globals['_AGENTREGISTRATION']._serialized_end=1572
+  _globals['_AGENTREGISTRATION_LABELSENTRY']._serialized_start=1527
+  _globals['_AGENTREGISTRATION_LABELSENTRY']._serialized_end=1572
+  _globals['_AGENTINSTANCE']._serialized_start=1574
+  _globals['_AGENTINSTANCE']._serialized_end=1646
+  _globals['_NODEINVENTORY']._serialized_start=1648
+  _globals['_NODEINVENTORY']._serialized_end=1727
+  _globals['_FOUNDCONTAINER']._serialized_start=1729
+  _globals['_FOUNDCONTAINER']._serialized_end=1817
+  _globals['_HEARTBEAT']._serialized_start=1819
+  _globals['_HEARTBEAT']._serialized_end=1880
+  _globals['_PIPELINEACK']._serialized_start=1882
+  _globals['_PIPELINEACK']._serialized_end=1951
+  _globals['_PIPELINESTREAMREQUEST']._serialized_start=1954
+  _globals['_PIPELINESTREAMREQUEST']._serialized_end=2168
+  _globals['_REGISTRATIONACCEPTED']._serialized_start=2171
+  _globals['_REGISTRATIONACCEPTED']._serialized_end=2367
+  _globals['_CANCELPIPELINE']._serialized_start=2369
+  _globals['_CANCELPIPELINE']._serialized_end=2422
+  _globals['_HEARTBEATACK']._serialized_start=2424
+  _globals['_HEARTBEATACK']._serialized_end=2458
+  _globals['_PIPELINESTREAMRESPONSE']._serialized_start=2461
+  _globals['_PIPELINESTREAMRESPONSE']._serialized_end=2756
+  _globals['_UPDATEPIPELINESTATUSREQUEST']._serialized_start=2759
+  _globals['_UPDATEPIPELINESTATUSREQUEST']._serialized_end=2996
+  _globals['_UPDATEPIPELINESTATUSRESPONSE']._serialized_start=2998
+  _globals['_UPDATEPIPELINESTATUSRESPONSE']._serialized_end=3080
+  _globals['_UPDATESTEPSTATUSREQUEST']._serialized_start=3083
+  _globals['_UPDATESTEPSTATUSREQUEST']._serialized_end=3391
+  _globals['_UPDATESTEPSTATUSRESPONSE']._serialized_start=3393
+  _globals['_UPDATESTEPSTATUSRESPONSE']._serialized_end=3471
+  _globals['_GAMEPIPELINEGRPCSERVICE']._serialized_start=4086
+  _globals['_GAMEPIPELINEGRPCSERVICE']._serialized_end=4503
 # @@protoc_insertion_point(module_scope)

@@ -401,6 +401,7 @@ class AgentRegistration(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     RUNNING_PIPELINE_IDS_FIELD_NUMBER: _builtins.int
     INVENTORY_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     hostname: _builtins.str
     capacity: _builtins.int
@@ -432,6 +433,12 @@ class AgentRegistration(_message.Message):
         several times in a row before it fails it the same way.
         """
 
+    @_builtins.property
+    def instance(self) -> Global___AgentInstance:
+        """Which agent process this is. An agent that sends none counts as one more agent
+        without an instance id: two such registrations replace each other.
+        """
+
     def __init__(
         self,
         *,
@@ -443,14 +450,47 @@ class AgentRegistration(_message.Message):
         protocol_version: _builtins.int = ...,
         running_pipeline_ids: _abc.Iterable[_builtins.str] | None = ...,
         inventory: Global___NodeInventory | None = ...,
+        instance: Global___AgentInstance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hostname", b"hostname", "inventory", b"inventory", "labels", b"labels", "node_id", b"node_id", "protocol_version", b"protocol_version", "running_pipeline_ids", b"running_pipeline_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hostname", b"hostname", "instance", b"instance", "inventory", b"inventory", "labels", b"labels", "node_id", b"node_id", "protocol_version", b"protocol_version", "running_pipeline_ids", b"running_pipeline_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentRegistration: _TypeAlias = AgentRegistration  # noqa: Y015
+
+@_typing.final
+class AgentInstance(_message.Message):
+    """One agent process, as it tells the server who it is when it registers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_MS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """Random, made when the agent starts and sent on every registration of its life: the
+    server tells the agent's own reconnect from a second agent by it.
+    """
+    pid: _builtins.int
+    """The agent's process id on its host (AgentRegistration.hostname)."""
+    started_at_ms: _builtins.int
+    """When the agent started, in milliseconds since the epoch."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        started_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "pid", b"pid", "started_at_ms", b"started_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentInstance: _TypeAlias = AgentInstance  # noqa: Y015
 
 @_typing.final
 class NodeInventory(_message.Message):

@@ -69,8 +69,16 @@ class GamePipelineGRPCServiceServicer:
         Outcomes: the stream stays open until either side goes away. UNAVAILABLE (server
         restarting) and UNKNOWN "Stream removed" are transient and the agent reconnects;
         UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION
-        (protocol version) are final and the agent stops retrying. A second stream registered
-        with the same node_id replaces the first, which the server ends with ABORTED.
+        (protocol version) are final and the agent stops retrying.
+        One agent per node: while a node's stream is live (not ended, and its last heartbeat
+        within the server's offline limit), a registration with the same node_id from
+        another agent (another AgentInstance.instance_id) is refused with ALREADY_EXISTS,
+        naming the node and the agent that holds it (host, pid, since when); the holder's
+        stream and pipelines are untouched. ALREADY_EXISTS is transient: the refused agent
+        retries with its backoff and gets in once the holder's stream ends or goes silent.
+        A registration from the holder itself (the same instance_id: its own reconnect
+        over a stream the server still holds) replaces the old stream, which the server
+        ends with ABORTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

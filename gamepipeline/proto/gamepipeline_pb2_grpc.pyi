@@ -68,8 +68,16 @@ class GamePipelineGRPCServiceStub:
     Outcomes: the stream stays open until either side goes away. UNAVAILABLE (server
     restarting) and UNKNOWN "Stream removed" are transient and the agent reconnects;
     UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION
-    (protocol version) are final and the agent stops retrying. A second stream registered
-    with the same node_id replaces the first, which the server ends with ABORTED.
+    (protocol version) are final and the agent stops retrying.
+    One agent per node: while a node's stream is live (not ended, and its last heartbeat
+    within the server's offline limit), a registration with the same node_id from
+    another agent (another AgentInstance.instance_id) is refused with ALREADY_EXISTS,
+    naming the node and the agent that holds it (host, pid, since when); the holder's
+    stream and pipelines are untouched. ALREADY_EXISTS is transient: the refused agent
+    retries with its backoff and gets in once the holder's stream ends or goes silent.
+    A registration from the holder itself (the same instance_id: its own reconnect
+    over a stream the server still holds) replaces the old stream, which the server
+    ends with ABORTED.
     """
     UpdatePipelineStatus: _grpc.UnaryUnaryMultiCallable[_gamepipeline_pb2.UpdatePipelineStatusRequest, _gamepipeline_pb2.UpdatePipelineStatusResponse]
     """UpdatePipelineStatus reports a pipeline's overall state.
@@ -109,8 +117,16 @@ class GamePipelineGRPCServiceAsyncStub(GamePipelineGRPCServiceStub):
     Outcomes: the stream stays open until either side goes away. UNAVAILABLE (server
     restarting) and UNKNOWN "Stream removed" are transient and the agent reconnects;
     UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION
-    (protocol version) are final and the agent stops retrying. A second stream registered
-    with the same node_id replaces the first, which the server ends with ABORTED.
+    (protocol version) are final and the agent stops retrying.
+    One agent per node: while a node's stream is live (not ended, and its last heartbeat
+    within the server's offline limit), a registration with the same node_id from
+    another agent (another AgentInstance.instance_id) is refused with ALREADY_EXISTS,
+    naming the node and the agent that holds it (host, pid, since when); the holder's
+    stream and pipelines are untouched. ALREADY_EXISTS is transient: the refused agent
+    retries with its backoff and gets in once the holder's stream ends or goes silent.
+    A registration from the holder itself (the same instance_id: its own reconnect
+    over a stream the server still holds) replaces the old stream, which the server
+    ends with ABORTED.
     """
     UpdatePipelineStatus: _aio.UnaryUnaryMultiCallable[_gamepipeline_pb2.UpdatePipelineStatusRequest, _gamepipeline_pb2.UpdatePipelineStatusResponse]  # type: ignore[assignment]
     """UpdatePipelineStatus reports a pipeline's overall state.
@@ -153,8 +169,16 @@ class GamePipelineGRPCServiceServicer(metaclass=_abc_1.ABCMeta):
         Outcomes: the stream stays open until either side goes away. UNAVAILABLE (server
         restarting) and UNKNOWN "Stream removed" are transient and the agent reconnects;
         UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION
-        (protocol version) are final and the agent stops retrying. A second stream registered
-        with the same node_id replaces the first, which the server ends with ABORTED.
+        (protocol version) are final and the agent stops retrying.
+        One agent per node: while a node's stream is live (not ended, and its last heartbeat
+        within the server's offline limit), a registration with the same node_id from
+        another agent (another AgentInstance.instance_id) is refused with ALREADY_EXISTS,
+        naming the node and the agent that holds it (host, pid, since when); the holder's
+        stream and pipelines are untouched. ALREADY_EXISTS is transient: the refused agent
+        retries with its backoff and gets in once the holder's stream ends or goes silent.
+        A registration from the holder itself (the same instance_id: its own reconnect
+        over a stream the server still holds) replaces the old stream, which the server
+        ends with ABORTED.
         """
 
     @_abc_1.abstractmethod

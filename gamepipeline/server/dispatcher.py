@@ -19,6 +19,10 @@ pipeline ending) and once a second in any case:
   stream ended; once it has been offline for ``node_lost_after`` seconds, its running
   pipelines fail with the reason ``node_lost`` and pending ones it never acknowledged go
   back to the queue;
+- a node has one agent: while its stream is live (not ended, a heartbeat within
+  ``offline_after``), a registration of its node id by another agent (another
+  ``AgentInstance.instance_id``) is refused with ``NodeTaken``, naming the holder, and
+  changes nothing; the holder's own reconnect replaces its stream;
 - an agent that just started says so (its registration carries the labelled containers
   on its engine): each pipeline the node holds and the agent does not list fails at
   once with the reason ``agent_restarted``, naming the step cut short, and the answer
@@ -48,6 +52,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import grpc
@@ -56,7 +61,7 @@ from gamepipeline import __version__
 from gamepipeline.logs import ids
 from gamepipeline.pipeline.states import PipelineState
 from gamepipeline.proto import gamepipeline_pb2 as pb
-from gamepipeline.server.errors import NotFound
+from gamepipeline.server.errors import NodeTaken, NotFound
 from gamepipeline.server.messages import pipeline_message
 from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.store import LeftContainer, NodeMode, QueuedPipeline, Store
@@ -101,9 +106,15 @@ class StreamEnd:
 class AgentSession:
     """One registered stream: the queue of messages for it and what it told us."""
 
-    def __init__(self, registration: pb.AgentRegistration) -> None:
+    def __init__(self, registration: pb.AgentRegistration, at_ms: int = 0) -> None:
         self.id = next(_session_ids)
         self.node_id = registration.node_id
+        self.hostname = registration.hostname
+        #: The agent process behind the stream (empty for an agent that sends none).
+        self.instance = pb.AgentInstance()
+        self.instance.CopyFrom(registration.instance)
+        #: When the registration was accepted, ms since the epoch (the store's clock).
+        self.registered_at_ms = at_ms
         self.capacity = registration.capacity
         self.labels = dict(registration.labels)
         self.outbox: asyncio.Queue[pb.PipelineStreamResponse | StreamEnd] = (
@@ -149,6 +160,8 @@ class Dispatcher:
             1, min(HEARTBEAT_INTERVAL_SECONDS, int(offline_after / 3))
         )
         self._sessions: dict[str, AgentSession] = {}
+        #: One lock per node id, held while a registration of that node is attached.
+        self._attaching: dict[str, asyncio.Lock] = {}
         self._free = _FreeSlots(self._sessions)
         #: Heartbeat times (ms) not yet written, by node.
         self._beats: dict[str, int] = {}
@@ -204,10 +217,59 @@ class Dispatcher:
     async def attach(self, registration: pb.AgentRegistration) -> AgentSession:
         """Register a node's new stream, ending the one it replaces.
 
-        A registration with an inventory comes from an agent that just started: what
-        it does not list is settled before the answer, which names the found
-        containers to remove (``_settle_restart``).
+        A node has one agent: while its stream is live, another agent's registration
+        is refused (``_check_holder``) before anything is recorded. A registration
+        with an inventory comes from an agent that just started: what it does not list
+        is settled before the answer, which names the found containers to remove
+        (``_settle_restart``).
+
+        Raises:
+            NodeTaken: another agent's stream holds the node and is live.
         """
+        node_id = registration.node_id
+        # One registration of a node at a time, so that two agents that register at
+        # once cannot both pass the check below.
+        lock = self._attaching.setdefault(node_id, asyncio.Lock())
+        async with lock:
+            self._check_holder(registration)
+            return await self._attach(registration)
+
+    def _check_holder(self, registration: pb.AgentRegistration) -> None:
+        """Refuse a registration while another agent's stream holds the node.
+
+        The holder's own reconnect (the same instance id) passes, and so does anyone
+        once the holder's stream has ended or sent no heartbeat for ``offline_after``
+        (a half-open connection of an agent that is gone): it is replaced.
+        """
+        node_id = registration.node_id
+        holder = self._sessions.get(node_id)
+        if holder is None or holder.ended:
+            return
+        if holder.instance.instance_id == registration.instance.instance_id:
+            return
+        silent = time.monotonic() - holder.last_heartbeat
+        newcomer = _agent_of(registration.hostname, registration.instance)
+        if silent > self.offline_after:
+            log.warning(
+                "node %s: its agent (%s) sent no heartbeat for %.0f s; the agent "
+                "(%s) takes the node over",
+                node_id,
+                _agent_of(holder.hostname, holder.instance),
+                silent,
+                newcomer,
+                extra=ids(node_id=node_id),
+            )
+            return
+        raise NodeTaken(
+            f"node {node_id} is held by another agent ("
+            f"{_agent_of(holder.hostname, holder.instance)}, registered since "
+            f"{_stamp(holder.registered_at_ms)}, last heartbeat {silent:.0f} s ago); "
+            f"this agent ({newcomer}) is refused. Stop one of the two agents, or give "
+            "this one its own node id (--node-id); it is let in once the holder's "
+            f"stream ends or sends no heartbeat for {self.offline_after:.0f} s"
+        )
+
+    async def _attach(self, registration: pb.AgentRegistration) -> AgentSession:
         node_id = registration.node_id
         remove: list[pb.FoundContainer] = []
         try:
@@ -229,11 +291,15 @@ class Dispatcher:
             raise
         old = self._sessions.get(node_id)
         if old is not None:
-            log.warning("node %s opened a new stream; ending the old one", node_id)
+            log.warning(
+                "node %s: its agent (%s) opened a new stream; ending the old one",
+                node_id,
+                _agent_of(registration.hostname, registration.instance),
+            )
             old.end(
                 grpc.StatusCode.ABORTED, f"replaced by a newer stream from {node_id}"
             )
-        session = AgentSession(registration)
+        session = AgentSession(registration, self._store.now_ms())
         self._sessions[node_id] = session
         self._free.changed(node_id)
         log.info(
@@ -640,6 +706,16 @@ class Dispatcher:
             extra=ids(pipeline_id, node_id=session.node_id),
         )
         return text
+
+
+def _agent_of(hostname: str, instance: pb.AgentInstance) -> str:
+    """An agent as people know it: its host and pid."""
+    pid = str(instance.pid) if instance.pid else "unknown"
+    return f"host {hostname or 'unknown'}, pid {pid}"
+
+
+def _stamp(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:

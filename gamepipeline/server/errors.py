@@ -13,6 +13,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "InvalidRequest",
+    "NodeTaken",
     "NotFound",
     "Problem",
     "ServerError",
@@ -41,6 +42,10 @@ class NotFound(ServerError):
 
 class Conflict(ServerError):
     """The request is well formed but the record's state does not allow it."""
+
+
+class NodeTaken(Conflict):
+    """Another live agent holds the node id an agent registered with."""
 
 
 class WrongNode(ServerError):

@@ -6,10 +6,12 @@ The contract is ``proto/gamepipeline.proto``; this module keeps its promises.
   the first message must be ``register``, else the stream ends with INVALID_ARGUMENT; a
   contract version other than ours ends it with FAILED_PRECONDITION naming both. The
   answer is ``registered``; then ``pipeline`` and ``cancel`` messages come as the
-  dispatcher decides and each ``heartbeat`` is answered with ``heartbeat_ack``. A second
-  stream registered with the same node id replaces the first, which ends with ABORTED;
-  a stream whose heartbeats stop ends with UNAVAILABLE. When the stream ends for any
-  reason the node is marked offline (unless a newer stream took its place).
+  dispatcher decides and each ``heartbeat`` is answered with ``heartbeat_ack``. While a
+  node's stream is live, another agent registering with its node id is refused with
+  ALREADY_EXISTS naming the agent that holds it; the holder's own re-registration (same
+  instance id) replaces its old stream, which ends with ABORTED. A stream whose
+  heartbeats stop ends with UNAVAILABLE. When the stream ends for any reason the node
+  is marked offline (unless a newer stream took its place).
 
 ``UpdatePipelineStatus`` / ``UpdateStepStatus`` (unary, retried freely by the agent):
   each report is judged and, if it changes the record, committed before the answer
@@ -47,6 +49,7 @@ from gamepipeline.server.errors import (
     Conflict,
     Forbidden,
     InvalidRequest,
+    NodeTaken,
     NotFound,
     ServerError,
     Unauthenticated,
@@ -64,6 +67,8 @@ log = logging.getLogger(__name__)
 GRPC_STATUS: Final[dict[type[ServerError], grpc.StatusCode]] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    # Transient for the agent: the node is free again once its holder goes away.
+    NodeTaken: grpc.StatusCode.ALREADY_EXISTS,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     WrongNode: grpc.StatusCode.PERMISSION_DENIED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -134,12 +139,12 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
                     f"the token of node {allowed} cannot register node "
                     f"{registration.node_id}; give each agent its own node's token"
                 )
+            session = await self._dispatcher.attach(registration)
         except ServerError as err:
             log.warning("refused a stream from %s: %s", context.peer(), err.message)
             await context.abort(grpc_status(err), err.message)
             return
 
-        session = await self._dispatcher.attach(registration)
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             while True:

@@ -77,6 +77,7 @@ class AgentPeer:
         running: tuple[str, ...] = (),
         protocol_version: int = PROTOCOL_VERSION,
         inventory: pb.NodeInventory | None = None,
+        instance: pb.AgentInstance | None = None,
     ) -> pb.RegistrationAccepted:
         self.open(
             pb.PipelineStreamRequest(
@@ -89,6 +90,7 @@ class AgentPeer:
                     protocol_version=protocol_version,
                     running_pipeline_ids=list(running),
                     inventory=inventory,
+                    instance=instance,
                 )
             )
         )

@@ -170,13 +170,16 @@ def test_other_protocol_version_is_refused_with_failed_precondition_naming_both(
     assert "node-a" not in api.nodes()
 
 
-def test_second_stream_for_a_node_replaces_the_first_which_ends_aborted(
+def test_the_agents_own_new_stream_replaces_its_old_one_which_ends_aborted(
     peers: Callable[[str], AgentPeer], api: Api
 ) -> None:
+    """The same agent (one instance id) reconnecting while the server still holds its
+    old stream; agents that send no instance (older ones) are treated alike."""
     first, second = peers("node-a"), peers("node-a")
-    first.register()
+    itself = pb.AgentInstance(instance_id="a1", pid=41, started_at_ms=1)
+    first.register(instance=itself)
 
-    second.register()
+    second.register(instance=itself)
 
     assert first.wait_ended() == grpc.StatusCode.ABORTED
     second.heartbeat(sent_at_ms=7)

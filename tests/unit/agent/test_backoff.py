@@ -90,5 +90,11 @@ def test_stream_replaced_by_another_agent_is_final() -> None:
     assert not is_transient(grpc.StatusCode.ABORTED)
 
 
+def test_a_node_held_by_another_live_agent_is_worth_retrying() -> None:
+    """The holder may be gone behind a half-open connection; the server lets the
+    waiting agent in once it notices."""
+    assert is_transient(grpc.StatusCode.ALREADY_EXISTS)
+
+
 def test_report_about_an_unknown_pipeline_is_not_retried() -> None:
     assert not is_transient(grpc.StatusCode.NOT_FOUND, report=True)
