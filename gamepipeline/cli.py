@@ -12,7 +12,7 @@ import click
 import yaml
 
 from gamepipeline import __version__
-from gamepipeline.cli_api import COMMANDS
+from gamepipeline.cli_api import COMMANDS, global_api_options
 from gamepipeline.logs import FORMATS, setup_logging
 
 
@@ -39,8 +39,14 @@ log_format_option = click.option(
 
 @click.group()
 @click.version_option(__version__, prog_name="gamepipeline")
-def main() -> None:
-    """Turn pipeline templates into running game containers on GameNodes."""
+@global_api_options
+def main(server_url: str, token: str | None) -> None:
+    """Turn pipeline templates into running game containers on GameNodes.
+
+    --server-url and --token serve the commands that talk to a server (submit,
+    status, list, cancel, nodes, node, logs); each of those also takes them after
+    its name.
+    """
 
 
 for _command in COMMANDS:

@@ -1,8 +1,10 @@
 """The ``gamepipeline`` commands that talk to a running server over its HTTP API.
 
 ``submit``, ``status``, ``list``, ``cancel``, ``nodes``, ``node`` and ``logs``. Each takes
-``--server-url`` (``GAMEPIPELINE_URL``, default ``http://127.0.0.1:8080``) and ``--token``
-(``GAMEPIPELINE_TOKEN``); each read command takes ``--output json`` for scripts.
+``--server-url`` and ``--token``, before the command (``gamepipeline --server-url URL
+list``, ``global_api_options``) or after it; given after, they win. Without them the
+environment's ``GAMEPIPELINE_URL`` and ``GAMEPIPELINE_TOKEN`` count, then the default
+URL ``http://127.0.0.1:8080``. Each read command takes ``--output json`` for scripts.
 
 ``submit --wait`` follows the pipeline until it ends and exits with ``EXIT_CODES``:
 
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -78,19 +81,55 @@ def exit_code_of(pipeline: dict[str, Any]) -> int:
     return EXIT_FAILED
 
 
+URL_ENV: Final = "GAMEPIPELINE_URL"
+TOKEN_ENV: Final = "GAMEPIPELINE_TOKEN"
+
+
+def global_api_options(group: F) -> F:
+    """``--server-url`` and ``--token`` on the ``gamepipeline`` group itself, for the
+    commands here; the environment and the default URL are read at this level."""
+    group = click.option(
+        "--token",
+        envvar=TOKEN_ENV,
+        help=f"Bearer token for the API (the server commands). [env: {TOKEN_ENV}]",
+    )(group)
+    group = click.option(
+        "--server-url",
+        envvar=URL_ENV,
+        default=DEFAULT_URL,
+        show_default=True,
+        help=f"The server's HTTP address (the server commands). [env: {URL_ENV}]",
+    )(group)
+    return group
+
+
+def _inherited(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """An option given after the command; else the same option given before it (or
+    its env var or default there); else the env var, then the default."""
+    if value is not None:
+        return value
+    name = param.name or ""
+    root = ctx.find_root()
+    if root is not ctx and name in root.params:
+        return root.params[name]
+    # The command was called on its own, without the group (tests, embedding).
+    env = URL_ENV if name == "server_url" else TOKEN_ENV
+    return os.environ.get(env) or (DEFAULT_URL if name == "server_url" else None)
+
+
 def api_options(command: F) -> F:
-    """``--server-url`` and ``--token``, shared by every command here."""
+    """``--server-url`` and ``--token``, shared by every command here; each may also
+    come before the command (``global_api_options``)."""
     command = click.option(
         "--token",
-        envvar="GAMEPIPELINE_TOKEN",
-        help="Bearer token for the API. [env: GAMEPIPELINE_TOKEN]",
+        callback=_inherited,
+        help=f"Bearer token for the API. [env: {TOKEN_ENV}]",
     )(command)
     command = click.option(
         "--server-url",
-        envvar="GAMEPIPELINE_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="The server's HTTP address. [env: GAMEPIPELINE_URL]",
+        callback=_inherited,
+        help=f"The server's HTTP address; may also come before the command. "
+        f"[env: {URL_ENV}; default: {DEFAULT_URL}]",
     )(command)
     return command
 

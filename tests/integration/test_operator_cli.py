@@ -180,6 +180,45 @@ def test_an_unreachable_server_is_named_with_the_fix_and_exit_code_6(
     assert "--server-url" in answer.stderr
 
 
+def test_server_url_and_token_count_before_the_command_after_it_and_from_the_env(
+    server: Server,
+) -> None:
+    """`gamepipeline --server-url URL list` as well as `list --server-url URL`; an
+    option given after the command beats one given before it, and both beat the env."""
+    url, dead = f"http://127.0.0.1:{server.http_port}", "http://127.0.0.1:9"
+    assert server.token is not None
+    token = ["--token", server.token]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("GAMEPIPELINE_")}
+
+    def run(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*gamepipeline_command(), *argv],
+            capture_output=True,
+            text=True,
+            env={**bare, "COLUMNS": "200", **env},
+            timeout=60,
+            check=False,
+        )
+
+    before = run("--server-url", url, *token, "list", "-o", "json")
+    after = run("list", "--server-url", url, *token, "-o", "json")
+    from_env = run(
+        "list", "-o", "json", GAMEPIPELINE_URL=url, GAMEPIPELINE_TOKEN=server.token
+    )
+    over_env = run(
+        "--server-url", url, *token, "list", "-o", "json", GAMEPIPELINE_URL=dead
+    )
+    after_wins = run("--server-url", dead, "list", "--server-url", url, *token)
+    no_token = run("--server-url", url, "list")
+
+    for answer in (before, after, from_env, over_env):
+        assert answer.returncode == 0, answer.stderr
+        assert json.loads(answer.stdout) == []
+    assert after_wins.returncode == 0, after_wins.stderr
+    assert no_token.returncode == EXIT_SERVER, no_token.stderr
+    assert f"the server at {url} answered HTTP 401" in no_token.stderr
+
+
 def _eventually_running(server: Server, count: int) -> list[str]:
     deadline = time.monotonic() + 60
     while True:

@@ -141,3 +141,13 @@ def _unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> object:
 
 
 _UnsafeAsText.add_constructor("!unsafe", _unsafe)
+
+
+def test_help_shows_server_url_before_and_after_the_command() -> None:
+    top = CliRunner().invoke(main, ["--help"], terminal_width=100)
+    listing = CliRunner().invoke(main, ["list", "--help"], terminal_width=100)
+
+    assert top.exit_code == 0 and listing.exit_code == 0
+    assert "--server-url TEXT" in top.output and "GAMEPIPELINE_URL" in top.output
+    assert "--server-url TEXT" in listing.output
+    assert "may also come before" in listing.output
