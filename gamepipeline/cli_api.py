@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -46,6 +47,15 @@ EXIT_STILL_RUNNING: Final = 5
 EXIT_SERVER: Final = 6
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
+#: ``list`` shows whole ids and timestamps from this terminal width on.
+WIDE_COLUMNS: Final = 120
+#: The characters of an id ``list`` shows below ``WIDE_COLUMNS``; the commands that
+#: take a pipeline id take that many or more of its start.
+SHORT_ID: Final = 8
+#: A pipeline id's length (a UUID's 32 hex digits).
+FULL_ID: Final = 32
+#: How many of the newest pipelines a short id is looked up among (the API's limit).
+MAX_LIST: Final = 1000
 #: How often ``--wait`` asks the server; a step takes a second at the very least.
 POLL_SECONDS: Final = 0.5
 STATE_STYLES: Final = {
@@ -313,6 +323,7 @@ def _follow(
 def status(pipeline_id: str, output: str, server_url: str, token: str | None) -> None:
     """Show a pipeline and each of its steps."""
     client = _client(server_url, token)
+    pipeline_id = _full_id(client, server_url, pipeline_id)
     pipeline = _call(server_url, lambda: client.pipeline(pipeline_id))
     if output == "json":
         _json(pipeline)
@@ -347,23 +358,78 @@ def list_(
     if output == "json":
         _json(pipelines)
         return
-    table = Table()
-    # Ids stay whole so they can be copied into the next command.
-    table.add_column("id", no_wrap=True, min_width=32)
-    table.add_column("name", overflow="fold")
-    for column in ("state", "node", "created"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("message", overflow="fold")
+    console = Console()
+    console.print(pipelines_table(pipelines, console.width))
+
+
+def pipelines_table(
+    pipelines: list[dict[str, Any]], width: int, now: datetime | None = None
+) -> Table:
+    """The ``list`` table for a terminal ``width`` columns wide.
+
+    From ``WIDE_COLUMNS`` on: whole ids, names and timestamps. Below
+    (an 80-column terminal), ids are cut to ``SHORT_ID`` characters (``status``,
+    ``logs`` and ``cancel`` take them), times are relative ("5m ago") or a date, name
+    and node are ellipsized and the message folds: it is what the reader came for.
+    """
+    wide = width >= WIDE_COLUMNS
+    # No borders: a space between columns, so that the message keeps room at 80.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("id", no_wrap=True, min_width=SHORT_ID)
+    table.add_column(
+        "name", no_wrap=True, overflow="ellipsis", max_width=32 if wide else 14
+    )
+    table.add_column("state", no_wrap=True, min_width=len("completed"))
+    table.add_column(
+        "node", no_wrap=True, overflow="ellipsis", max_width=20 if wide else 12
+    )
+    table.add_column("created", no_wrap=True)
+    table.add_column("message", overflow="fold", min_width=20)
     for item in pipelines:
         table.add_row(
-            item["id"],
+            item["id"] if wide else item["id"][:SHORT_ID],
             item["name"],
             _styled(item["state"]),
             item["node"] or "-",
-            _when(item["created_at"]),
+            _when(item["created_at"]) if wide else _ago(item["created_at"], now),
             item["message"] or "",
         )
-    Console().print(table)
+    if pipelines and not wide:
+        table.caption = (
+            "ids shortened: status, logs and cancel take them; -o json has them whole"
+        )
+    return table
+
+
+def _ago(stamp: str | None, now: datetime | None = None) -> str:
+    """How long ago, in at most 7 characters ("45s ago", "12m ago", "3h ago",
+    "12d ago"); the local date from 100 days on."""
+    if not stamp:
+        return "-"
+    then = datetime.fromisoformat(stamp)
+    seconds = ((now or datetime.now(then.tzinfo)) - then).total_seconds()
+    if seconds >= 100 * 86400:
+        return then.astimezone().strftime("%Y-%m-%d")
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(int(seconds), 0)}s ago"
+
+
+def _full_id(client: ApiClient, server_url: str, given: str) -> str:
+    """The pipeline id that ``given`` starts, when it is a short id that ``list``
+    showed; ``given`` itself otherwise (the server then says if it is unknown)."""
+    if len(given) >= FULL_ID or len(given) < SHORT_ID:
+        return given
+    newest = _call(server_url, lambda: client.pipelines(limit=MAX_LIST))
+    matches = [p["id"] for p in newest if p["id"].startswith(given)]
+    if len(matches) > 1:
+        raise click.BadParameter(
+            f"{given} starts {len(matches)} pipeline ids ({', '.join(matches[:3])}"
+            f"{', ...' if len(matches) > 3 else ''}); give more of the id",
+            param_hint="PIPELINE_ID",
+        )
+    return matches[0] if matches else given
 
 
 @click.command()
@@ -373,6 +439,7 @@ def list_(
 def cancel(pipeline_id: str, output: str, server_url: str, token: str | None) -> None:
     """Cancel a pending or running pipeline."""
     client = _client(server_url, token)
+    pipeline_id = _full_id(client, server_url, pipeline_id)
     pipeline = _call(server_url, lambda: client.cancel(pipeline_id))
     if output == "json":
         _json(pipeline)
@@ -439,6 +506,7 @@ def logs(
 ) -> None:
     """Print the output each step's container left (its last lines)."""
     client = _client(server_url, token)
+    pipeline_id = _full_id(client, server_url, pipeline_id)
     pipeline = _call(server_url, lambda: client.pipeline(pipeline_id))
     steps = pipeline["steps"]
     if step is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -50,10 +51,10 @@ def template(path: Path, *commands: str, timeout: str | None = None) -> str:
 
 
 def cli(
-    server: Server, *argv: str, timeout: float = 180
+    server: Server, *argv: str, timeout: float = 180, columns: int = 200
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, GAMEPIPELINE_URL=f"http://127.0.0.1:{server.http_port}")
-    env["COLUMNS"] = "200"
+    env["COLUMNS"] = str(columns)
     return subprocess.run(
         [*gamepipeline_command(), *argv],
         capture_output=True,
@@ -178,6 +179,62 @@ def test_an_unreachable_server_is_named_with_the_fix_and_exit_code_6(
     assert answer.returncode == EXIT_SERVER
     assert "cannot reach the server at http://127.0.0.1:9" in answer.stderr
     assert "--server-url" in answer.stderr
+
+
+def test_list_reads_at_80_columns_and_shows_whole_ids_at_200(
+    server: Server, workdir: Path, run_id: str
+) -> None:
+    """At 80 columns: short ids (which the id commands take), relative times, the
+    message folded whole; at 200: whole ids, names and timestamps."""
+    document = template(workdir / "a-rather-long-template-name.json", "echo hi")
+    gone = f"gone-{run_id}"
+    ids = [
+        json.loads(
+            cli(server, "submit", document, "--env", "API_KEY=k", "--node", gone,
+                "-o", "json").stdout
+        )["id"]
+        for _ in range(2)
+    ]  # fmt: skip
+    message = (
+        f"waiting for node {gone}, which has never connected to this server; check "
+        "the node id (GET /api/nodes lists the known ones) or start its agent"
+    )
+    eventually_waiting = time.monotonic() + 30
+    while server.api.pipeline(ids[0])["message"] != message:
+        assert time.monotonic() < eventually_waiting, server.api.pipeline(ids[0])
+        time.sleep(0.2)
+
+    narrow = cli(server, "list", columns=80)
+    wide = cli(server, "list", columns=200)
+
+    assert narrow.returncode == 0 and wide.returncode == 0, narrow.stderr + wide.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, narrow.stdout
+    assert lines[0].split() == ["id", "name", "state", "node", "created", "message"]
+    rows = [line for line in lines if line[:8] in {i[:8] for i in ids}]
+    assert [row[:8] for row in rows] == [i[:8] for i in reversed(ids)], narrow.stdout
+    for row in rows:
+        assert row.split()[1].startswith("a-rather-lon") and "…" in row.split()[1]
+        assert row.split()[2] == "pending"
+        assert re.search(r"\b\d+s ago\b", row), row
+    assert all(i not in narrow.stdout for i in ids), "whole ids do not fit at 80"
+    # The message, folded over the row's lines, reads whole.
+    assert " ".join(message.split()) in " ".join(narrow.stdout.split()), narrow.stdout
+    assert "ids shortened" in narrow.stdout
+
+    wide_lines = wide.stdout.splitlines()
+    assert max(len(line) for line in wide_lines) <= 200
+    for pipeline_id in ids:
+        [row] = [line for line in wide_lines if line.startswith(pipeline_id + " ")]
+        assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", row), row
+        assert "a-rather-long-template-name" in row, row
+    assert " ".join(message.split()) in " ".join(wide.stdout.split()), wide.stdout
+    assert "ids shortened" not in wide.stdout
+
+    # A short id from the narrow table is one the next command takes.
+    shown = cli(server, "status", ids[0][:8], "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == ids[0]
 
 
 def test_server_url_and_token_count_before_the_command_after_it_and_from_the_env(

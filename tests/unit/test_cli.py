@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
+from rich.console import Console
 
 from gamepipeline.cli import main
+from gamepipeline.cli_api import _ago, pipelines_table
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIGINALS = ROOT.parent / "shared" / "testdata" / "original"
@@ -151,3 +155,43 @@ def test_help_shows_server_url_before_and_after_the_command() -> None:
     assert "--server-url TEXT" in top.output and "GAMEPIPELINE_URL" in top.output
     assert "--server-url TEXT" in listing.output
     assert "may also come before" in listing.output
+
+
+def test_list_times_are_relative_in_seven_characters_at_most() -> None:
+    now = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+
+    def ago(**delta: float) -> str:
+        return _ago((now - timedelta(**delta)).isoformat(), now)
+
+    assert ago(seconds=45) == "45s ago"
+    assert ago(minutes=12, seconds=59) == "12m ago"
+    assert ago(hours=23, minutes=59) == "23h ago"
+    assert ago(days=99) == "99d ago"
+    assert ago(days=100) == (now - timedelta(days=100)).astimezone().strftime(
+        "%Y-%m-%d"
+    )
+    assert ago(seconds=-3) == "0s ago"  # a server clock a little ahead
+
+
+def test_list_table_at_80_columns_keeps_every_column_in_the_width() -> None:
+    now = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+    pipelines = [
+        {
+            "id": f"{n:08x}" + "ab" * 12,
+            "name": "platform-start-with-a-long-name",
+            "state": "completed",
+            "node": "gamenode-eu-west-17",
+            "created_at": (now - timedelta(minutes=n)).isoformat(),
+            "message": "step 1 (game) failed: exited with code 3: " + "x " * 40,
+        }
+        for n in range(3)
+    ]
+    console = Console(width=80, record=True, file=io.StringIO())
+
+    console.print(pipelines_table(pipelines, 80, now))
+
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    assert lines[2].split()[:5] == [
+        "00000000", "platform-star…", "completed", "gamenode-eu…", "0s",
+    ]  # fmt: skip
