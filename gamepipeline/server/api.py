@@ -162,7 +162,9 @@ def create_app(
             )
         raw, query = request.get_data(), request.args.to_dict()
         try:
-            submission = catalog.read(raw, query) or read_submission(raw, query)
+            submission = catalog.read(raw, query) or read_submission(
+                raw, query, labelled_json=request.is_json
+            )
         except RecursionError:
             raise InvalidRequest(
                 "the request body nests too deeply to read; a pipeline document "

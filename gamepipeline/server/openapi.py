@@ -217,6 +217,9 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit a pipeline",
                 "description": "Args, envs and the node may also come as query "
                 "parameters arg.NAME=VALUE, env.NAME=VALUE and node=NODE_ID. "
+                "The body is read as YAML or JSON whatever its Content-Type; one "
+                "sent as application/json that starts with { or [ and is not valid "
+                "JSON is answered 400 with the JSON error's line and column. "
                 "Needs the write scope.",
                 "security": _WRITE,
                 "parameters": [

@@ -5,7 +5,10 @@ A submission is one of:
 - the pipeline document itself, as YAML or JSON, whatever the Content-Type says (the
   design document's ``curl -H "Content-Type: application/json" -d @pipeline.yaml`` sends
   YAML labelled as JSON); args, envs and the node come as query parameters
-  ``arg.NAME=VALUE``, ``env.NAME=VALUE`` and ``node=NODE_ID``;
+  ``arg.NAME=VALUE``, ``env.NAME=VALUE`` and ``node=NODE_ID``. A body labelled JSON
+  that starts as JSON does (``{`` or ``[``) and that neither JSON nor YAML reads is
+  answered with the JSON error, at its line and column: that is what the client meant
+  to send;
 - a JSON envelope ``{"pipeline": <document object or YAML text>, "args": {...},
   "envs": {...}, "node": "..."}``. Query parameters, if any, add to it and win.
 
@@ -51,8 +54,15 @@ class Submission:
     node: str | None = None
 
 
-def read_submission(body: bytes, query: Mapping[str, str]) -> Submission:
-    """Read the document, args, envs and node from a request's body and query."""
+def read_submission(
+    body: bytes, query: Mapping[str, str], *, labelled_json: bool = False
+) -> Submission:
+    """Read the document, args, envs and node from a request's body and query.
+
+    ``labelled_json``: the request's Content-Type says JSON (``application/json`` or
+    ``application/…+json``); a body that looks like JSON and is not is then reported
+    as invalid JSON rather than invalid YAML.
+    """
     if not body.strip():
         raise InvalidRequest(
             "the request body is empty; send the pipeline document (YAML or JSON) or "
@@ -61,7 +71,15 @@ def read_submission(body: bytes, query: Mapping[str, str]) -> Submission:
         )
     envelope = _envelope(body)
     if envelope is None:
-        submission = Submission(document=_parse(body, "request body"))
+        json_error = _json_error(body) if labelled_json else None
+        try:
+            submission = Submission(document=_parse(body, "request body"))
+        except InvalidRequest:
+            if json_error is None:
+                raise
+            raise _invalid(
+                "the pipeline document cannot be read", [json_error]
+            ) from None
     else:
         submission = _from_envelope(envelope)
     _apply_query(submission, query)
@@ -204,6 +222,27 @@ def _envelope(body: bytes) -> dict[str, Any] | None:
         return None
     if isinstance(data, dict) and "pipeline" in data:
         return data
+    return None
+
+
+def _json_error(body: bytes) -> Problem | None:
+    """Where and why a body that starts as JSON does is not JSON; None for a body that
+    is JSON, or that does not start like JSON (YAML sent with a JSON label)."""
+    start = body.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not start.startswith((b"{", b"[")):
+        return None
+    try:
+        json.loads(body.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        return None  # YAML's reading says it is not UTF-8
+    except RecursionError:
+        return None
+    except json.JSONDecodeError as err:
+        return Problem(
+            "request body",
+            f"the document is not valid JSON at line {err.lineno}, column "
+            f"{err.colno}: {err.msg}",
+        )
     return None
 
 

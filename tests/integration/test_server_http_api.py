@@ -188,6 +188,58 @@ def test_unreadable_body_answers_400_with_a_problem_list(api: Api, body: bytes) 
     assert api.pipelines() == []
 
 
+BROKEN_JSON = """\
+{
+  "name": "x",
+  "steps": [
+    {"name": "a" "container": {"image": "busybox"}}
+  ]
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8"]
+)
+def test_malformed_json_sent_as_json_is_reported_as_json_at_its_line_and_column(
+    api: Api, content_type: str
+) -> None:
+    answer = post(api, BROKEN_JSON, **{"Content-Type": content_type})
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {
+        "error": "the pipeline document cannot be read: request body: the document "
+        "is not valid JSON at line 4, column 18: Expecting ',' delimiter",
+        "problems": [
+            {
+                "path": "request body",
+                "message": "the document is not valid JSON at line 4, column 18: "
+                "Expecting ',' delimiter",
+            }
+        ],
+    }
+    assert api.pipelines() == []
+
+
+def test_a_json_envelope_cut_short_is_reported_as_json(api: Api) -> None:
+    envelope = json.dumps({"pipeline": GAME_DOCUMENT, "args": {"PORT": "1"}})
+
+    answer = post(api, envelope[:-2], **{"Content-Type": "application/json"})
+
+    assert answer.status_code == 400, answer.text
+    [problem] = answer.json()["problems"]
+    assert problem["message"].startswith("the document is not valid JSON at line 1, ")
+
+
+def test_the_same_bytes_sent_as_yaml_keep_their_yaml_error(api: Api) -> None:
+    answer = post(api, BROKEN_JSON, **{"Content-Type": "application/yaml"})
+
+    assert answer.status_code == 400, answer.text
+    [problem] = answer.json()["problems"]
+    assert problem["path"] == "request body"
+    assert problem["message"].startswith("the document is not valid YAML at line 4")
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 
