@@ -26,7 +26,7 @@ import docker
 import pytest
 import yaml
 
-from gamepipeline.agent.app import NODE_ID_FILE
+from gamepipeline.agent.app import LOCK_FILE, NODE_ID_FILE
 
 from .conftest import Process, Server
 from .reliability import (
@@ -87,7 +87,8 @@ def no_run_dirs(work: Path) -> bool:
 
 
 def work_dir_size(work: Path) -> tuple[int, list[str]]:
-    """Bytes in the work dir's files, and the files other than fixed bookkeeping.
+    """Bytes in the work dir's files, and the files other than fixed bookkeeping (the
+    node id the dir belongs to, the lock the agent holds it by).
 
     The one spare ansible-playbook the agent keeps waiting for the next pipeline
     (``spares/``, started after the last run ended, holding no run's values) is not
@@ -99,7 +100,7 @@ def work_dir_size(work: Path) -> tuple[int, list[str]]:
     for path in work.rglob("*"):
         if (
             path.is_file()
-            and path.name != NODE_ID_FILE
+            and path.name not in (NODE_ID_FILE, LOCK_FILE)
             and not path.is_relative_to(work / "spares")
         ):
             size += path.stat().st_size
