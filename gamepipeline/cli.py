@@ -306,12 +306,13 @@ def agent(
         settings["hostname"] = str(config["hostname"])
     if "heartbeat_interval" in config:
         settings["heartbeat_interval"] = float(config["heartbeat_interval"])
-    if "spare" in config:
-        if not isinstance(config["spare"], bool):
-            raise click.BadParameter(
-                f"{config_path}: spare: {config['spare']!r} is not true or false"
-            )
-        settings["spare"] = config["spare"]
+    for switch in ("spare", "mitogen"):
+        if switch in config:
+            if not isinstance(config[switch], bool):
+                raise click.BadParameter(
+                    f"{config_path}: {switch}: {config[switch]!r} is not true or false"
+                )
+            settings[switch] = config[switch]
     settings["token"] = _agent_token(token, token_file, config)
     settings.update(_agent_tls(tls_ca, config))
     try:
