@@ -39,7 +39,7 @@ from typing import Any
 
 import ansible_runner
 
-from gamepipeline.agent.orphans import run_markers
+from gamepipeline.agent.orphans import RUN_ENV, kill_run, run_markers
 from gamepipeline.ansible_plugins import action_plugins_env
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,8 @@ class Spare:
                 # one died can find its playbooks without its work dir (``orphans``);
                 # the pipeline is not known yet when a spare starts.
                 **(run_markers(self._node_id, "") if self._node_id else {}),
+                # This run alone, so that its processes can all be killed (``_sweep``).
+                RUN_ENV: self.data_dir.name,
             },
             "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
             "quiet": True,
@@ -267,13 +269,28 @@ class Spare:
     def _finished(self, runner: Any) -> None:
         # Called once the playbook's process is gone and its last event handed over,
         # so the run's thread wakes at once instead of polling.
+        self._sweep("after its end")
         self.events.put(DONE)
 
     def _should_stop(self) -> bool:
-        if self._discarded.is_set():
-            return True
         check = self._stop_check
-        return check is not None and check()
+        stop = self._discarded.is_set() or (check is not None and check())
+        if stop:
+            # ansible-runner kills the playbook's process group next; its workers are
+            # in sessions of their own and would outlive it.
+            self._sweep("on its stop")
+        return stop
+
+    def _sweep(self, when: str) -> None:
+        """Kill every process left of this run (``orphans.kill_run``)."""
+        killed = kill_run(self.data_dir.name)
+        if killed:
+            log.info(
+                "killed %d process group(s) left of %s %s",
+                killed,
+                self.data_dir.name,
+                when,
+            )
 
 
 class SparePool:
