@@ -185,14 +185,19 @@ def table(results: dict[str, Any]) -> Table:
         )
         row(
             "",
+            "idle: tree (with spare) CPU % / PSS MiB",
+            f"{idle['tree']['cpu_percent_mean']} % / {idle['tree']['pss_mib_max']} MiB",
+        )
+        row(
+            "",
             f"{busy['pipelines']} running: agent CPU % / RSS",
             f"{busy['agent']['cpu_percent_mean']} % / "
             f"{busy['agent']['rss_mib_max']} MiB",
         )
         row(
             "",
-            f"{busy['pipelines']} running: tree CPU % / RSS",
-            f"{busy['tree']['cpu_percent_mean']} % / {busy['tree']['rss_mib_max']} MiB",
+            f"{busy['pipelines']} running: tree CPU % / PSS",
+            f"{busy['tree']['cpu_percent_mean']} % / {busy['tree']['pss_mib_max']} MiB",
             ratio=f"{busy['completed']}/{busy['pipelines']} completed, "
             f"last after {busy['last_done_s']} s",
         )

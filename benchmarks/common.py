@@ -211,6 +211,8 @@ class Usage:
     rss_mib_mean: float
     rss_mib_max: float
     samples: int
+    pss_mib_mean: float = math.nan
+    pss_mib_max: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -218,6 +220,8 @@ class Usage:
             "cpu_percent_max": round(self.cpu_percent_max, 1),
             "rss_mib_mean": round(self.rss_mib_mean, 1),
             "rss_mib_max": round(self.rss_mib_max, 1),
+            "pss_mib_mean": round(self.pss_mib_mean, 1),
+            "pss_mib_max": round(self.pss_mib_max, 1),
             "samples": self.samples,
         }
 
@@ -225,13 +229,20 @@ class Usage:
 @dataclass
 class Sampler:
     """Samples a process's CPU (100 % = one core) and RSS, optionally with its
-    children, in a thread, every ``interval`` seconds."""
+    children, in a thread, every ``interval`` seconds.
+
+    RSS summed over a tree counts the pages forked processes share once per process;
+    ``pss`` (proportional set size) splits each shared page between its sharers, so
+    its sum is what the tree really holds. It costs a read of each process's memory
+    map, so it is taken only when asked for."""
 
     pid: int
     interval: float = 0.5
     children: bool = False
+    pss: bool = False
     _cpu: list[float] = field(default_factory=list)
     _rss: list[float] = field(default_factory=list)
+    _pss: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -263,6 +274,7 @@ class Sampler:
             now = time.monotonic()
             cpu_seconds = 0.0
             rss = 0
+            pss = 0
             try:
                 procs = self._tree(root)
             except psutil.Error:
@@ -272,20 +284,34 @@ class Sampler:
                 try:
                     times = proc.cpu_times()
                     total = times.user + times.system
-                    rss += proc.memory_info().rss
+                    if self.pss:
+                        full = proc.memory_full_info()
+                        rss += full.rss
+                        pss += full.pss
+                    else:
+                        rss += proc.memory_info().rss
                 except psutil.Error:
                     continue
                 cpu_seconds += total - last_times.get(proc.pid, total)
                 last_times[proc.pid] = total
             self._cpu.append(100 * cpu_seconds / max(now - last, 1e-6))
             self._rss.append(rss / 2**20)
+            if self.pss:
+                self._pss.append(pss / 2**20)
             last = now
 
     def usage(self) -> Usage:
         cpu = self._cpu or [math.nan]
         rss = self._rss or [math.nan]
+        pss = self._pss or [math.nan]
         return Usage(
-            sum(cpu) / len(cpu), max(cpu), sum(rss) / len(rss), max(rss), len(self._cpu)
+            sum(cpu) / len(cpu),
+            max(cpu),
+            sum(rss) / len(rss),
+            max(rss),
+            len(self._cpu),
+            sum(pss) / len(pss),
+            max(pss),
         )
 
 

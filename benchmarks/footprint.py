@@ -1,10 +1,13 @@
 """Benchmark 4: the agent's footprint, idle and with 20 pipelines running at once.
 
 A real ``gamepipeline agent`` (capacity 20) connected to a real server. Idle: its CPU and
-RSS over ``IDLE_SECONDS`` once connected. Busy: 20 one-step ``commands`` pipelines that
+RSS over ``IDLE_SECONDS`` once connected and its spare ansible-playbook is ready (started,
+warmed up and waiting for a pipeline). Busy: 20 one-step ``commands`` pipelines that
 each run ``sleep SLEEP`` in a container, submitted together; sampled from the moment all
 20 are submitted until all have ended. Figures are given for the agent's own process and
-for its whole process tree (the agent plus the ansible-playbook processes it starts).
+for its whole process tree (the agent plus the ansible-playbook processes it starts),
+whose memory is also given as PSS, which counts the pages its forked processes share
+once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from benchmarks.common import (
     start_server,
     wait_final,
 )
-from benchmarks.startup import remove_bench_containers
+from benchmarks.startup import SpareWatch, remove_bench_containers
 
 IDLE_SECONDS = 10.0
 PIPELINES = 20
@@ -57,10 +60,12 @@ def run(workdir: Path, *, profile: bool = False) -> dict[str, Any]:
     try:
         node = f"footprint-{uuid.uuid4().hex[:6]}"
         agent = start_agent(workdir, server, node, "--capacity", str(PIPELINES))
-        time.sleep(2.0)  # start-up is over
+        spare = SpareWatch(agent.log)
+        spare.wait()
+        time.sleep(1.0)  # start-up is over
         with (
             Sampler(agent.pid, interval=1.0) as idle_own,
-            Sampler(agent.pid, interval=1.0, children=True) as idle_tree,
+            Sampler(agent.pid, interval=1.0, children=True, pss=True) as idle_tree,
         ):
             time.sleep(IDLE_SECONDS)
         prof = (
@@ -73,7 +78,7 @@ def run(workdir: Path, *, profile: bool = False) -> dict[str, Any]:
         started = time.monotonic()
         with (
             Sampler(agent.pid, interval=0.5) as busy_own,
-            Sampler(agent.pid, interval=0.5, children=True) as busy_tree,
+            Sampler(agent.pid, interval=0.5, children=True, pss=True) as busy_tree,
             ThreadPoolExecutor(PIPELINES) as pool,
         ):
             ids = list(
@@ -90,6 +95,7 @@ def run(workdir: Path, *, profile: bool = False) -> dict[str, Any]:
         ended = [seen - started for _, seen in finals]
         result: dict[str, Any] = {
             "idle": {
+                "spare_ready_s": round(spare.waits[0], 1),
                 "agent": idle_own.usage().as_dict(),
                 "tree": idle_tree.usage().as_dict(),
             },

@@ -93,7 +93,8 @@ SERVER_SETTINGS = frozenset(
 )  # fmt: skip
 AGENT_SETTINGS = frozenset(
     {"server", "node_id", "hostname", "capacity", "labels", "envs", "work_dir",
-     "heartbeat_interval", "token", "token_file", "tls", "policy", "spare"}
+     "heartbeat_interval", "token", "token_file", "tls", "policy", "spare",
+     "mitogen"}
 )  # fmt: skip
 AGENT_TLS_SETTINGS = frozenset({"ca", "cert", "key", "server_name"})
 
@@ -291,8 +292,9 @@ def agent(
 
     The --config file may also hold `token` or `token_file`, `tls` ({ca, cert, key,
     server_name}, or true to verify against the system's roots) and `policy` (what
-    steps may mount, pass and add; see gamepipeline/agent/policy.py) and `spare`
-    (false: keep no ansible-playbook started ahead of the next pipeline).
+    steps may mount, pass and add; see gamepipeline/agent/policy.py), `spare`
+    (false: keep no ansible-playbook started ahead of the next pipeline) and `mitogen`
+    (false: every module starts its own Python instead of running in Mitogen's).
     """
     from gamepipeline.agent.app import AgentConfig, run_agent
     from gamepipeline.agent.connection import AgentError
@@ -312,12 +314,13 @@ def agent(
         settings["hostname"] = str(config["hostname"])
     if "heartbeat_interval" in config:
         settings["heartbeat_interval"] = float(config["heartbeat_interval"])
-    if "spare" in config:
-        if not isinstance(config["spare"], bool):
-            raise click.BadParameter(
-                f"{config_path}: spare: {config['spare']!r} is not true or false"
-            )
-        settings["spare"] = config["spare"]
+    for switch in ("spare", "mitogen"):
+        if switch in config:
+            if not isinstance(config[switch], bool):
+                raise click.BadParameter(
+                    f"{config_path}: {switch}: {config[switch]!r} is not true or false"
+                )
+            settings[switch] = config[switch]
     settings["token"] = _agent_token(token, token_file, config)
     settings.update(_agent_tls(tls_ca, config))
     try:

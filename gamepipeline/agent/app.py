@@ -85,7 +85,10 @@ class Agent:
         self._janitor = janitor or ContainerJanitor()
         self.active = ActiveRuns(config.active_dir)
         self.spares = SparePool(
-            config.spares_dir, node_id=config.node_id, enabled=config.spare
+            config.spares_dir,
+            node_id=config.node_id,
+            enabled=config.spare,
+            mitogen=config.mitogen,
         )
         self._runs: dict[str, PipelineRun] = {}
         #: Every run whose thread has not ended, including those whose end is already
@@ -145,6 +148,7 @@ class Agent:
                 node_id=node,
                 ready=self._engine_ready,
                 spares=self.spares,
+                mitogen=self._config.mitogen,
             )
             self._runs[pid] = run
             self._live.add(run)

@@ -40,6 +40,9 @@ class AgentConfig:
         policy: what steps may ask of this node (mounts, devices, privileges).
         spare: keep one ansible-playbook started ahead of the next pipeline (see
             ``spare``); off, every run starts its own when it begins.
+        mitogen: run modules through Mitogen, in one interpreter per playbook that a
+            spare warms up while it waits; off, every module starts its own Python
+            (about 0.3 s more per step).
     """
 
     server_address: str
@@ -58,6 +61,7 @@ class AgentConfig:
     tls_server_name: str | None = None
     policy: NodePolicy = field(default_factory=NodePolicy)
     spare: bool = True
+    mitogen: bool = True
 
     def __post_init__(self) -> None:
         if not self.node_id:

@@ -11,6 +11,12 @@ ansible-playbook and every process under it inherit:
   start time in clock ticks since boot, from ``/proc/<pid>/stat``), so that a reused
   pid is not taken for the same agent.
 
+A fourth, ``GAMEPIPELINE_RUN``, names the one ansible-playbook run (its data dir's
+name). Ansible's workers leave the playbook's session (``setsid``), so killing the
+playbook's process group on a cancel does not reach them; a worker waiting on a module
+that will never answer (Mitogen's interpreter, killed with the group) would wait for
+ever. ``kill_run`` kills every process of a run by this marker.
+
 A process is an orphan of this node when its markers name this node and the agent
 they name is gone. A starting agent kills the process group of each orphan with
 SIGKILL before it does anything else, whether or not it still has its predecessor's
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 NODE_ENV = "GAMEPIPELINE_NODE_ID"
 PIPELINE_ENV = "GAMEPIPELINE_PIPELINE_ID"
 AGENT_ENV = "GAMEPIPELINE_AGENT"
+RUN_ENV = "GAMEPIPELINE_RUN"
 
 _PROC = Path("/proc")
 
@@ -65,6 +72,31 @@ def run_markers(node_id: str, pipeline_id: str) -> dict[str, str]:
         PIPELINE_ENV: pipeline_id,
         AGENT_ENV: process_identity(os.getpid()),
     }
+
+
+def kill_run(run: str) -> int:
+    """Kill with SIGKILL the process group of every process whose ``RUN_ENV`` marker
+    is ``run`` (never this process's own group); returns how many groups were killed."""
+    own = {os.getpid(), os.getpgid(0)}
+    marker = f"{RUN_ENV}={run}".encode()
+    killed: set[int] = set()
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            group = os.getpgid(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours to read
+        if group in own or group in killed:
+            continue
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            continue
+        killed.add(group)
+    return len(killed)
 
 
 def find_orphans(node_id: str, data_dirs: tuple[str, ...] = ()) -> list[Orphan]:

@@ -303,6 +303,8 @@ class PipelineRun:
             agent is still removing the containers a restart left behind).
         spares: the agent's spare ansible-playbook runs; without it (or when none is
             waiting) the run starts its own in a new dir under ``runs_dir``.
+        mitogen: a run that starts its own ansible-playbook runs its modules through
+            Mitogen (``spare.mitogen_env``).
     """
 
     def __init__(
@@ -319,8 +321,10 @@ class PipelineRun:
         node_id: str = "",
         ready: threading.Event | None = None,
         spares: SparePool | None = None,
+        mitogen: bool = True,
     ) -> None:
         self.pipeline = pipeline
+        self._mitogen = mitogen
         self._node_id = node_id
         self._ready = ready
         self._spares = spares
@@ -493,7 +497,12 @@ class PipelineRun:
         spare = self._spares.take() if self._spares is not None else None
         if spare is None:
             name = _SAFE.sub("_", self.pipeline_id)
-            spare = Spare.in_dir(self._runs_dir, prefix=name, node_id=self._node_id)
+            spare = Spare.in_dir(
+                self._runs_dir,
+                prefix=name,
+                node_id=self._node_id,
+                mitogen=self._mitogen,
+            )
         return spare
 
     def _execute(

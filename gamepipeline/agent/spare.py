@@ -32,13 +32,14 @@ import secrets
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 
-from gamepipeline.agent.orphans import run_markers
+from gamepipeline.agent.orphans import RUN_ENV, kill_run, run_markers
 from gamepipeline.ansible_plugins import action_plugins_env
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,14 @@ PREPARED_MODULES = ("community.docker.docker_container",)
 DONE: dict[str, Any] = {"event": "gamepipeline_runner_done"}
 """Queued (by identity) after ansible-runner's last event."""
 
+WAIT_TASK = "gamepipeline waits for its pipeline"
+
 _PLAYBOOK = """\
 - name: GamePipeline
   hosts: all
   gather_facts: false
   tasks:
-    - name: gamepipeline waits for its pipeline
+{warm_up}    - name: {wait_task}
       gamepipeline_wait:
         file: {tasks_file}
         agent_pid: {agent_pid}
@@ -74,21 +77,65 @@ _PLAYBOOK = """\
       ansible.builtin.include_tasks: {tasks_file}
 """
 
+# Runs every prepared module once, in check mode and against a container name no one
+# has, so that Mitogen's interpreter has imported the module and its module_utils
+# before the pipeline arrives. It can change nothing; if it fails (no engine yet), the
+# pipeline's own task will say why.
+_WARM_UP = """\
+    - name: gamepipeline warms up {module}
+      {module}:
+        name: gamepipeline-warm-up-{token}
+        state: absent
+      check_mode: true
+      ignore_errors: true
+"""
+
+
+def mitogen_env() -> dict[str, str]:
+    """The environment that makes ansible-playbook run its modules through Mitogen.
+
+    Mitogen keeps one Python interpreter per host for the whole playbook and runs each
+    module inside it, so a module's imports are paid once; after the spare's warm-up
+    a ``docker_container`` task costs about what the engine's create and start cost.
+    """
+    import ansible_mitogen
+
+    here = Path(ansible_mitogen.__file__).resolve().parent
+    return {
+        "ANSIBLE_STRATEGY_PLUGINS": str(here / "plugins" / "strategy"),
+        "ANSIBLE_STRATEGY": "mitogen_linear",
+    }
+
 
 class Spare:
     """One ansible-runner run whose playbook waits for a pipeline's tasks.
 
     Args:
         data_dir: its private data dir, made here (mode 0700); must not exist.
+        node_id: the node's id, put in the playbook's environment (``orphans``).
+        mitogen: run modules through Mitogen (``mitogen_env``).
+        warm_up: with ``mitogen``, run each prepared module once before waiting; for
+            a spare started ahead, not for a run that starts its own with its tasks.
     """
 
-    def __init__(self, data_dir: Path, node_id: str = "") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        node_id: str = "",
+        *,
+        mitogen: bool = True,
+        warm_up: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self._node_id = node_id
+        self._mitogen = mitogen
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.runner: Any = None
         self._discarded = threading.Event()
+        #: Set when the playbook reaches its wait (after the warm-up, if any).
+        self.ready = threading.Event()
+        self._started_at = 0.0
         self._stop_check: Callable[[], bool] | None = None
         self._taken = False
         data_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -97,6 +144,13 @@ class Spare:
         os.chmod(data_dir, 0o700)
         (data_dir / "project" / "main.yml").write_text(
             _PLAYBOOK.format(
+                warm_up="".join(
+                    _WARM_UP.format(module=module, token=secrets.token_hex(8))
+                    for module in PREPARED_MODULES
+                )
+                if mitogen and warm_up
+                else "",
+                wait_task=WAIT_TASK,
                 tasks_file=TASKS_FILE,
                 agent_pid=os.getpid(),
                 modules=", ".join(PREPARED_MODULES),
@@ -105,9 +159,22 @@ class Spare:
         )
 
     @classmethod
-    def in_dir(cls, parent: Path, prefix: str = "spare", node_id: str = "") -> Spare:
+    def in_dir(
+        cls,
+        parent: Path,
+        prefix: str = "spare",
+        node_id: str = "",
+        *,
+        mitogen: bool = True,
+        warm_up: bool = False,
+    ) -> Spare:
         """A spare in a new dir under ``parent``, named ``<prefix>-<random>``."""
-        return cls(parent / f"{prefix}-{secrets.token_hex(4)}", node_id)
+        return cls(
+            parent / f"{prefix}-{secrets.token_hex(4)}",
+            node_id,
+            mitogen=mitogen,
+            warm_up=warm_up,
+        )
 
     @property
     def started(self) -> bool:
@@ -124,6 +191,7 @@ class Spare:
         )
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self.thread, self.runner = ansible_runner.run_async(**self.runner_options())
 
     def hand_over(self, tasks_text: str, stop: Callable[[], bool]) -> None:
@@ -166,10 +234,13 @@ class Spare:
                 "ANSIBLE_HOME": tmp,
                 "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
                 **action_plugins_env(),
+                **(mitogen_env() if self._mitogen else {}),
                 # Which node and agent started it, so that an agent started after this
                 # one died can find its playbooks without its work dir (``orphans``);
                 # the pipeline is not known yet when a spare starts.
                 **(run_markers(self._node_id, "") if self._node_id else {}),
+                # This run alone, so that its processes can all be killed (``_sweep``).
+                RUN_ENV: self.data_dir.name,
             },
             "settings": {"pexpect_timeout": CANCEL_POLL_SECONDS},
             "quiet": True,
@@ -181,18 +252,45 @@ class Spare:
     def _queue_event(self, event: dict[str, Any]) -> bool:
         # Only queue: a slow handler would stall the run (F7).
         self.events.put(event)
+        if (
+            not self.ready.is_set()
+            and event.get("event") == "runner_on_start"
+            and event.get("event_data", {}).get("task") == WAIT_TASK
+        ):
+            self.ready.set()
+            if not self._taken:
+                log.info(
+                    "spare ansible-playbook ready in %.1f s (%s)",
+                    time.monotonic() - self._started_at,
+                    self.data_dir.name,
+                )
         return True
 
     def _finished(self, runner: Any) -> None:
         # Called once the playbook's process is gone and its last event handed over,
         # so the run's thread wakes at once instead of polling.
+        self._sweep("after its end")
         self.events.put(DONE)
 
     def _should_stop(self) -> bool:
-        if self._discarded.is_set():
-            return True
         check = self._stop_check
-        return check is not None and check()
+        stop = self._discarded.is_set() or (check is not None and check())
+        if stop:
+            # ansible-runner kills the playbook's process group next; its workers are
+            # in sessions of their own and would outlive it.
+            self._sweep("on its stop")
+        return stop
+
+    def _sweep(self, when: str) -> None:
+        """Kill every process left of this run (``orphans.kill_run``)."""
+        killed = kill_run(self.data_dir.name)
+        if killed:
+            log.info(
+                "killed %d process group(s) left of %s %s",
+                killed,
+                self.data_dir.name,
+                when,
+            )
 
 
 class SparePool:
@@ -201,14 +299,21 @@ class SparePool:
     Args:
         spares_dir: where spares' data dirs are made; emptied by ``clear``.
         enabled: False keeps no spare (every run starts its own, cold).
+        mitogen: spares run modules through Mitogen, warmed up while they wait.
     """
 
     def __init__(
-        self, spares_dir: Path, *, node_id: str = "", enabled: bool = True
+        self,
+        spares_dir: Path,
+        *,
+        node_id: str = "",
+        enabled: bool = True,
+        mitogen: bool = True,
     ) -> None:
         self._dir = spares_dir
         self._node_id = node_id
         self._enabled = enabled
+        self._mitogen = mitogen
         self._spare: Spare | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -249,7 +354,12 @@ class SparePool:
         with self._lock:
             if self._closed or self._spare is not None:
                 return
-            spare = Spare.in_dir(self._dir, node_id=self._node_id)
+            spare = Spare.in_dir(
+                self._dir,
+                node_id=self._node_id,
+                mitogen=self._mitogen,
+                warm_up=True,
+            )
             self._spare = spare
             try:
                 spare.start()

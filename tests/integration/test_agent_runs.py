@@ -222,6 +222,23 @@ def _playbook_pids(data_dir: Path) -> list[int]:
     return pids
 
 
+def _run_processes(data_dir: Path) -> list[int]:
+    """Live processes carrying the run's own marker (``orphans.RUN_ENV``): its
+    ansible-playbook, the workers that left its session, Mitogen's interpreters."""
+    marker = f"GAMEPIPELINE_RUN={data_dir.name}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -319,6 +336,7 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     assert run.data_dir is not None
     playbook_pids = _playbook_pids(run.data_dir)
     assert playbook_pids
+    assert _run_processes(run.data_dir)
 
     started = time.monotonic()
     servicer.send(
@@ -336,6 +354,7 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     assert "player left" in final.message
     assert elapsed < 20, f"cancel took {elapsed:.1f}s"
     assert not any(_alive(p) for p in playbook_pids)
+    assert _run_processes(run.data_dir) == []
     assert labelled(engine, pid) == []
     assert step_states(servicer, pid, 0) == [
         pb.STEP_STATE_RUNNING,

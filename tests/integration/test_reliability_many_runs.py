@@ -225,3 +225,59 @@ def test_an_agent_configured_without_a_spare_keeps_none_and_still_runs(
     finally:
         agent.stop(signal.SIGTERM)
         server.stop(signal.SIGTERM)
+
+
+def _mitogen_processes(node_id: str) -> list[int]:
+    """Mitogen's interpreters started for ``node_id``'s playbooks (by the markers in
+    their environment, as ``agent/orphans.py`` finds them)."""
+    marker = f"GAMEPIPELINE_NODE_ID={node_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in environ and b"(mitogen:" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("mitogen", [True, False], ids=["mitogen", "no-mitogen"])
+def test_the_spare_warms_mitogen_up_unless_configured_off(
+    tmp_path: Path, run_id: str, mitogen: bool
+) -> None:
+    """By default the spare runs its modules through Mitogen and has imported
+    ``docker_container`` before a pipeline arrives; ``mitogen: false`` in the agent's
+    config file starts no Mitogen interpreter. A pipeline completes either way."""
+    node_id = f"node-{run_id}"
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"mitogen: {str(mitogen).lower()}\n", encoding="utf-8")
+    server = launch_server(tmp_path, *FAST_SERVER)
+    agent = launch_agent(
+        tmp_path, server.grpc_address, node_id, "--config", str(config)
+    )
+    try:
+        wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
+        wait_until(
+            lambda: "spare ansible-playbook ready" in agent.log.read_text(),
+            60,
+            "the spare to be ready",
+        )
+        assert bool(_mitogen_processes(node_id)) is mitogen
+        spare_dir = next((tmp_path / "agent-work" / "spares").iterdir())
+        playbook = (spare_dir / "project" / "main.yml").read_text()
+        assert ("gamepipeline warms up" in playbook) is mitogen
+        short = yaml.safe_dump(
+            {"name": "short", "steps": [
+                {"name": "tick", "container": {"image": IMAGE, "commands": ["true"]}}]}
+        )  # fmt: skip
+        pipeline_id = server.api.submit(short, node=node_id)
+        assert server.api.wait(pipeline_id, timeout=120)["state"] == "completed"
+    finally:
+        agent.stop(signal.SIGTERM)
+        server.stop(signal.SIGTERM)
+    # Stopping the agent ends its spare, Mitogen's interpreters with it.
+    wait_until(lambda: not _mitogen_processes(node_id), 15, "mitogen to end")

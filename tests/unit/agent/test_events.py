@@ -363,15 +363,26 @@ def test_output_tail_is_bounded_in_lines_and_characters() -> None:
 
 
 def _spare_events() -> list[dict[str, Any]]:
-    """The events of a spare's own two tasks (``agent/spare.py``): the wait, and the
-    include of the pipeline's tasks, as ansible-runner reports them."""
+    """The events of a spare's own tasks (``agent/spare.py``): the Mitogen warm-up,
+    here failed and ignored (an engine not up yet), the wait, and the include of the
+    pipeline's tasks, as ansible-runner reports them."""
+    warm_up = "gamepipeline warms up community.docker.docker_container"
     events: list[dict[str, Any]] = []
-    for task, action in (
-        ("gamepipeline waits for its pipeline", "gamepipeline_wait"),
-        ("gamepipeline runs its pipeline", "ansible.builtin.include_tasks"),
+    for task, action, end in (
+        (warm_up, "community.docker.docker_container", "runner_on_failed"),
+        ("gamepipeline waits for its pipeline", "gamepipeline_wait", "runner_on_ok"),
+        (
+            "gamepipeline runs its pipeline",
+            "ansible.builtin.include_tasks",
+            "runner_on_ok",
+        ),
     ):
-        data = {"task": task, "task_action": action, "res": {"changed": False}}
-        for kind in ("playbook_on_task_start", "runner_on_start", "runner_on_ok"):
+        data: dict[str, Any] = {"task": task, "task_action": action}
+        if end == "runner_on_failed":
+            data |= {"ignore_errors": True, "res": {"failed": True, "msg": "no engine"}}
+        else:
+            data["res"] = {"changed": False}
+        for kind in ("playbook_on_task_start", "runner_on_start", end):
             events.append({"event": kind, "event_data": data})
     events.append(
         {
