@@ -6,8 +6,9 @@ splits the wall time by the events' timestamps: ansible-runner and ansible-playb
 starting up, each task, and the end of the run. ``started_ahead`` is a spare started
 before the pipeline and timed from the hand-over of its tasks (what the agent does when
 its spare is waiting); ``cold`` starts it with the tasks already there (a run that
-found no spare). A run with ``ANSIBLE_PIPELINING=1`` and one with only the task that
-starts the container show what two candidate changes are worth. Interpreter start-ups of the pieces are timed too.
+found no spare). Both also run without Mitogen (every module in an interpreter of its
+own), and one with only the task that starts the container shows what the checks
+around it cost. Interpreter start-ups of the pieces are timed too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import docker
 from benchmarks.startup import one_step, remove_bench_containers
 from gamepipeline import pipeline as language
 from gamepipeline.agent.runner import prepare
-from gamepipeline.agent.spare import Spare
+from gamepipeline.agent.spare import WAIT_TASK, Spare
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 
@@ -42,11 +43,12 @@ def _run(
     extra_env: dict[str, str],
     *,
     ahead: bool = False,
+    mitogen: bool = True,
 ) -> dict[str, Any]:
     """One run of ``playbook`` in a spare, as the agent runs it; ``ahead`` starts the
-    spare first and times from the hand-over of the tasks, as for a spare the agent
-    kept waiting."""
-    spare = Spare.in_dir(workdir)
+    spare first (with its Mitogen warm-up) and times from the hand-over of the tasks,
+    as for a spare the agent kept waiting."""
+    spare = Spare.in_dir(workdir, mitogen=mitogen, warm_up=ahead)
     options = spare.runner_options()
     options["envvars"].update(extra_env)
     events: list[dict[str, Any]] = []
@@ -55,7 +57,11 @@ def _run(
     tasks = language.render_tasks(playbook[0]["tasks"])
     if ahead:
         thread, result = ansible_runner.run_async(**options)
-        while not any(e.get("event") == "runner_on_start" for e in events):
+        while not any(
+            e.get("event") == "runner_on_start"
+            and e.get("event_data", {}).get("task") == WAIT_TASK
+            for e in events
+        ):
             time.sleep(0.05)
         time.sleep(1.0)  # the payloads are built while it waits
         began = time.time()
@@ -114,11 +120,12 @@ def run(workdir: Path) -> dict[str, Any]:
     client = docker.from_env()
     out: dict[str, Any] = {}
     try:
-        for label, env, main_only, ahead in (
-            ("started_ahead", {}, False, True),
-            ("cold", {}, False, False),
-            ("pipelining", {"ANSIBLE_PIPELINING": "1"}, False, False),
-            ("main_task_only", {}, True, False),
+        for label, env, main_only, ahead, mitogen in (
+            ("started_ahead", {}, False, True, True),
+            ("started_ahead_without_mitogen", {}, False, True, False),
+            ("cold", {}, False, False, True),
+            ("cold_without_mitogen", {}, False, False, False),
+            ("main_task_only", {}, True, False, True),
         ):
             document, _ = one_step(f"gpb-phase-{uuid.uuid4().hex[:6]}")
             pipeline = pb.GamePipeline(
@@ -134,9 +141,10 @@ def run(workdir: Path) -> dict[str, Any]:
                     ]
                     for t in play["tasks"]:
                         t.pop("when", None)
-            _run(workdir, playbook, env, ahead=ahead)  # warm the page cache
+            # The first run warms the page cache.
+            _run(workdir, playbook, env, ahead=ahead, mitogen=mitogen)
             remove_bench_containers(client)
-            out[label] = _run(workdir, playbook, env, ahead=ahead)
+            out[label] = _run(workdir, playbook, env, ahead=ahead, mitogen=mitogen)
             remove_bench_containers(client)
         py = sys.executable
         out["startup_seconds"] = {
