@@ -579,9 +579,31 @@ class Store:
         """Give a pending, unassigned pipeline to a node; False if it no longer is one."""
         return self._commit(_assign_job([(pipeline_id, node_id)]))[0]
 
-    async def assign_all(self, assignments: Sequence[tuple[str, str]]) -> list[bool]:
-        """``assign`` for each ``(pipeline_id, node_id)``, committed together."""
-        return await self._commit_async(_assign_job(assignments))
+    async def assign_all(
+        self, assignments: Sequence[tuple[str, str]]
+    ) -> list[tuple[PipelineRecord, list[StepRecord]] | None]:
+        """``assign`` for each ``(pipeline_id, node_id)``, committed together.
+
+        Answers, for each, the pipeline and its steps as assigned (read in the same
+        transaction, so that the hand-over needs no read of its own), or None if it
+        was no longer pending and unassigned."""
+        assign = _assign_job(assignments)
+
+        def job(db: Database) -> list[tuple[PipelineRecord, list[StepRecord]] | None]:
+            read: list[tuple[PipelineRecord, list[StepRecord]] | None] = []
+            for (pipeline_id, _), done in zip(assignments, assign(db), strict=True):
+                row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
+                if not done or row is None:
+                    read.append(None)
+                    continue
+                steps = db.query(
+                    "SELECT * FROM steps WHERE pipeline_id = ? ORDER BY idx",
+                    [pipeline_id],
+                )
+                read.append((self._record(row), [_step(step) for step in steps]))
+            return read
+
+        return await self._commit_async(job)
 
     def set_waiting_message(self, pipeline_id: str, message: str) -> None:
         """Say why a pending pipeline has not been dispatched yet."""
