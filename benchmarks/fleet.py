@@ -41,8 +41,10 @@ from benchmarks.common import (
 )
 from gamepipeline.client import ApiClient
 
-LEVELS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000)
-RATES = (10, 25, 50, 100, 200)
+#: Fleet sizes and submission rates the search tries. Smaller fleets than 1,000 pass
+#: wherever 1,000 does (recorded in RESULTS.md), so the budget goes to the large ones.
+LEVELS = (1_000, 2_500, 5_000, 10_000)
+RATES = (50, 100, 200)
 WORKERS = 8
 #: HTTP/2 connections per worker process; 0 gives every simulated agent its own, as a
 #: real fleet has.
@@ -253,6 +255,7 @@ def _trial(
         "harness_cpu_percent": round(sum(h.usage().cpu_percent_mean for h in harness)),
         "counts": counts,
         "schedule_lag": sent["schedule_lag"],
+        "lost": lost,
         "passed": lost == 0 and dispatch["p99_ms"] <= P99_LIMIT_MS,
         "examples": (sent["errors"][:3] + status_errors[:3] + lost_streams[:3]),
         "load_average": os.getloadavg()[0],
@@ -268,7 +271,7 @@ def _trial(
 def run(
     workdir: Path,
     *,
-    budget: float = 330,
+    budget: float = 390,
     profile: bool = False,
     levels: tuple[int, ...] = LEVELS,
     rates: tuple[int, ...] = RATES,
