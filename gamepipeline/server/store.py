@@ -17,6 +17,7 @@ verdicts and says nothing about the wire.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import sqlite3
@@ -464,8 +465,12 @@ class Store:
         ]
 
         def insert(db: Database) -> None:
-            db.table("pipelines").insert(row)
-            db.table("steps").insert_all(steps)
+            # Prepared statements: sqlite-utils' insert looks the table up (its
+            # columns, and whether it is a view) and opens a savepoint of its own on
+            # every call, several times the cost of the insert itself.
+            db.conn.execute(_insert_sql("pipelines", row), row)
+            if steps:
+                db.conn.executemany(_insert_sql("steps", steps[0]), steps)
 
         self._commit(insert)
         log.info(
@@ -1229,6 +1234,18 @@ def restart_message(cut: int | None) -> str:
         f"the agent restarted during step {cut} and came back without its records "
         "of the run"
     )
+
+
+@functools.cache
+def _insert_sql_for(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    values = ", ".join(f":{column}" for column in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+
+
+def _insert_sql(table: str, row: Mapping[str, Any]) -> str:
+    """``INSERT`` of ``row``'s columns, by name (the names are this module's own)."""
+    return _insert_sql_for(table, tuple(row))
 
 
 def _one(db: Database, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
