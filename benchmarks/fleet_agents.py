@@ -125,6 +125,7 @@ class SimAgent:
         self.capacity = capacity
         self.report = report
         self.stats = stats
+        self.channel = channel
         self.stub = pb_grpc.GamePipelineGRPCServiceStub(channel)
         self.registered = asyncio.Event()
         self.registered_at: float | None = None
