@@ -148,9 +148,22 @@ def table(results: dict[str, Any]) -> Table:
             target="10,000 @ 200/s, p99 ≤ 250 ms",
             ok=ok,
         )
+        for grown in f.get("growth", []):
+            failed = sum(grown.get("attempts_failed", {}).values())
+            row(
+                "",
+                f"fleet of {grown['agents']}",
+                f"{grown['registered']} registered in {grown['seconds']} s",
+                f"{failed} failed attempts (retried)",
+                f"cpu {grown['server']['cpu_percent_mean']}%",
+                f"load {grown.get('load_average', 0):.1f}",
+                grown["registered"] == grown["agents"],
+            )
         for trial in f["trials"]:
             c = trial["counts"]
-            lost = c["submitted"] - c["completed"] + c["submit_errors"]
+            lost = trial.get(
+                "lost", c["submitted"] - c["completed"] + c["submit_errors"]
+            )
             row(
                 "",
                 f"N={trial['agents']} @ {trial['rate']}/s",
@@ -160,7 +173,8 @@ def table(results: dict[str, Any]) -> Table:
                 f"p99 {trial['heartbeat_rtt']['p99_ms']} ms",
                 f"cpu {trial['server']['cpu_percent_mean']}% "
                 f"rss {trial['server']['rss_mib_max']} MiB",
-                f"lost {lost}, streams lost {c['streams_lost']}",
+                f"lost {lost}, streams lost {c['streams_lost']}, "
+                f"load {trial.get('load_average', 0):.1f}",
                 trial["passed"],
             )
     i = results.get("ingest")

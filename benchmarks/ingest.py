@@ -119,9 +119,10 @@ async def _setup(server: Any) -> tuple[list[str], SimAgent, asyncio.Task[None]]:
     """Give PIPELINES pipelines to an ack-only simulated agent; answer their ids and
     the agent, which stays connected so that the pipelines stay assigned to it."""
     stats = Stats()
-    agent = SimAgent(
-        server.grpc_address, NODE, stats, capacity=PIPELINES * 2, report=False
+    channel = grpc.aio.insecure_channel(
+        server.grpc_address, options=list(wire.AGENT_CHANNEL_OPTIONS)
     )
+    agent = SimAgent(channel, NODE, stats, capacity=PIPELINES * 2, report=False)
     runner = asyncio.create_task(agent.run())
     await asyncio.wait_for(agent.registered.wait(), 30)
     document = _document()
@@ -187,8 +188,10 @@ async def _measure(
         if prof:
             prof.__exit__(None, None, None)
     finally:
-        await agent.close()
+        agent.close()
         runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await agent.channel.close()
     result: dict[str, Any] = {
         "clients": CLIENTS,
         "channels": CHANNELS,

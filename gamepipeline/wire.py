@@ -68,6 +68,11 @@ SERVER_KEEPALIVE_TIMEOUT_MS: Final[int] = 10_000
 #: interval: the agent never trips it, a misconfigured client pinging every second does.
 SERVER_MIN_PING_INTERVAL_MS: Final[int] = 10_000
 
+#: Calls the server holds while its event loop catches up (see ``SERVER_OPTIONS``):
+#: twice the largest fleet the server is sized for (10,000 agents), so a whole fleet's
+#: reconnect, plus its first status reports, fits.
+SERVER_MAX_PENDING_CALLS: Final[int] = 20_000
+
 SERVER_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
@@ -75,6 +80,13 @@ SERVER_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     # Agents ping between RPCs too (their stream is the only call); allow it.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Calls that reached the server before its event loop took them up wait in a
+    # backlog; past gRPC's default of 1,000 waiting (3,000 at most) it cancels new ones
+    # at random, and the agent sees CANCELLED or "Internal error from Core" before it
+    # could register. Every agent of a large fleet reconnects within a second or two of
+    # a server restart, so the backlog must hold a whole fleet's streams.
+    ("grpc.server.max_pending_requests", SERVER_MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * SERVER_MAX_PENDING_CALLS),
 )
 
 # --- application heartbeat --------------------------------------------------------------

@@ -173,7 +173,17 @@ def start_server(
         security=security,
     )
     try:
-        http = create_server(app, host=http_host, port=http_port, threads=HTTP_THREADS)
+        # poll(), not waitress's default select(): every agent's connection is a file
+        # descriptor of this process, and select() refuses any numbered past 1,023,
+        # which ended the HTTP thread as soon as a fleet of about a thousand was
+        # connected.
+        http = create_server(
+            app,
+            host=http_host,
+            port=http_port,
+            threads=HTTP_THREADS,
+            asyncore_use_poll=True,
+        )
     except OSError as err:
         outcome["loop"].call_soon_threadsafe(outcome["stopping"].set)
         loop_thread.join()

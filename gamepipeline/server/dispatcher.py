@@ -64,7 +64,14 @@ from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.errors import NodeTaken, NotFound
 from gamepipeline.server.messages import pipeline_message
 from gamepipeline.server.metrics import Metrics
-from gamepipeline.server.store import LeftContainer, NodeMode, QueuedPipeline, Store
+from gamepipeline.server.store import (
+    LeftContainer,
+    NodeMode,
+    PipelineRecord,
+    QueuedPipeline,
+    StepRecord,
+    Store,
+)
 from gamepipeline.wire import (
     HEARTBEAT_INTERVAL_SECONDS,
     MAX_PIPELINE_MESSAGE_BYTES,
@@ -420,6 +427,11 @@ class Dispatcher:
 
         The fallback for agents that do not send an inventory when they start; one
         that does has had this settled at registration (``_settle_restart``)."""
+        if not self._free.holds(session.node_id):
+            # Nothing pending or running there (as of the last pass, and nothing has
+            # been assigned to it since): nothing to miss, and no query per heartbeat.
+            session.missing = {}
+            return
         missing: dict[str, int] = {}
         for pipeline_id in self._store.active_on_node(session.node_id):
             if pipeline_id in session.running or pipeline_id in session.sent:
@@ -592,10 +604,10 @@ class Dispatcher:
             )
             now = self._store.now_ms()
             for (queued, session), done in zip(chosen, assigned, strict=True):
-                if not done:
+                if done is None:
                     self._free.give_back(session.node_id)
                     continue
-                why = self._hand_over(session, queued.id)
+                why = self._hand_over(session, queued.id, *done)
                 if why:
                     failed.append((queued.id, why))
                     continue
@@ -667,11 +679,19 @@ class Dispatcher:
             )
         return self._hand_over(session, queued.id)
 
-    def _hand_over(self, session: AgentSession, pipeline_id: str) -> str | None:
+    def _hand_over(
+        self,
+        session: AgentSession,
+        pipeline_id: str,
+        record: PipelineRecord | None = None,
+        steps: list[StepRecord] | None = None,
+    ) -> str | None:
         """Queue a pipeline's message on a stream; if it cannot go, why (the pipeline
-        then fails: it would fail the same way on any node)."""
-        record = self._store.get_pipeline(pipeline_id)
-        steps = self._store.get_steps(pipeline_id)
+        then fails: it would fail the same way on any node). The pipeline and its
+        steps are read here unless the caller read them already."""
+        if record is None or steps is None:
+            record = self._store.get_pipeline(pipeline_id)
+            steps = self._store.get_steps(pipeline_id)
         try:
             message = pb.PipelineStreamResponse(
                 pipeline=pipeline_message(record, steps)
@@ -735,6 +755,7 @@ class _FreeSlots:
         self._sessions = sessions
         #: Pending and running pipelines per node, as of the last pass plus its choices.
         self._load: dict[str, int] = {}
+        self._loaded = False
         self._heap: list[tuple[int, str]] = []
         #: Entries taken off the heap in this pass that are still true.
         self._aside: list[tuple[int, str]] = []
@@ -748,8 +769,16 @@ class _FreeSlots:
     def changed(self, node_id: str) -> None:
         heapq.heappush(self._heap, (-self.free(node_id), node_id))
 
+    def holds(self, node_id: str) -> bool:
+        """Whether the node may hold a pending or running pipeline: always True
+        before the first pass has counted them. Only a pass assigns a pipeline to a
+        node, and it counts it here first (``take``), so a node counted at 0 holds
+        none."""
+        return not self._loaded or self._load.get(node_id, 0) > 0
+
     def reload(self, load: dict[str, int]) -> None:
         """Take the store's count of active pipelines per node, at a pass's start."""
+        self._loaded = True
         old, self._load = self._load, load
         for node_id in old.keys() | load.keys():
             if old.get(node_id) != load.get(node_id):

@@ -17,6 +17,7 @@ verdicts and says nothing about the wire.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import sqlite3
@@ -464,8 +465,12 @@ class Store:
         ]
 
         def insert(db: Database) -> None:
-            db.table("pipelines").insert(row)
-            db.table("steps").insert_all(steps)
+            # Prepared statements: sqlite-utils' insert looks the table up (its
+            # columns, and whether it is a view) and opens a savepoint of its own on
+            # every call, several times the cost of the insert itself.
+            db.conn.execute(_insert_sql("pipelines", row), row)
+            if steps:
+                db.conn.executemany(_insert_sql("steps", steps[0]), steps)
 
         self._commit(insert)
         log.info(
@@ -579,9 +584,31 @@ class Store:
         """Give a pending, unassigned pipeline to a node; False if it no longer is one."""
         return self._commit(_assign_job([(pipeline_id, node_id)]))[0]
 
-    async def assign_all(self, assignments: Sequence[tuple[str, str]]) -> list[bool]:
-        """``assign`` for each ``(pipeline_id, node_id)``, committed together."""
-        return await self._commit_async(_assign_job(assignments))
+    async def assign_all(
+        self, assignments: Sequence[tuple[str, str]]
+    ) -> list[tuple[PipelineRecord, list[StepRecord]] | None]:
+        """``assign`` for each ``(pipeline_id, node_id)``, committed together.
+
+        Answers, for each, the pipeline and its steps as assigned (read in the same
+        transaction, so that the hand-over needs no read of its own), or None if it
+        was no longer pending and unassigned."""
+        assign = _assign_job(assignments)
+
+        def job(db: Database) -> list[tuple[PipelineRecord, list[StepRecord]] | None]:
+            read: list[tuple[PipelineRecord, list[StepRecord]] | None] = []
+            for (pipeline_id, _), done in zip(assignments, assign(db), strict=True):
+                row = _one(db, "SELECT * FROM pipelines WHERE id = ?", [pipeline_id])
+                if not done or row is None:
+                    read.append(None)
+                    continue
+                steps = db.query(
+                    "SELECT * FROM steps WHERE pipeline_id = ? ORDER BY idx",
+                    [pipeline_id],
+                )
+                read.append((self._record(row), [_step(step) for step in steps]))
+            return read
+
+        return await self._commit_async(job)
 
     def set_waiting_message(self, pipeline_id: str, message: str) -> None:
         """Say why a pending pipeline has not been dispatched yet."""
@@ -1207,6 +1234,18 @@ def restart_message(cut: int | None) -> str:
         f"the agent restarted during step {cut} and came back without its records "
         "of the run"
     )
+
+
+@functools.cache
+def _insert_sql_for(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    values = ", ".join(f":{column}" for column in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"
+
+
+def _insert_sql(table: str, row: Mapping[str, Any]) -> str:
+    """``INSERT`` of ``row``'s columns, by name (the names are this module's own)."""
+    return _insert_sql_for(table, tuple(row))
 
 
 def _one(db: Database, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:

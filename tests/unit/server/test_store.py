@@ -62,16 +62,16 @@ def test_database_runs_in_wal_mode(store: Store) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_pipeline_and_steps_are_stored_together_or_not_at_all(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from sqlite_utils.db import Table
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("disk full")
-
-    monkeypatch.setattr(Table, "insert_all", broken)
-    with pytest.raises(sqlite3.OperationalError):
+def test_pipeline_and_steps_are_stored_together_or_not_at_all(store: Store) -> None:
+    # The steps' insert fails for real, after the pipeline's went in: a trigger
+    # refuses it, as a full disk or a broken constraint would.
+    other = sqlite3.connect(store.path)
+    other.execute(
+        "CREATE TRIGGER refuse_steps BEFORE INSERT ON steps "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    other.close()
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
         store.create_pipeline(new_pipeline())
 
     assert store.list_pipelines() == []
