@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-from typing import Any
 import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
