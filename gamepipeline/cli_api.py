@@ -369,7 +369,7 @@ def _follow(
         _json(current)
     elif not ended:
         click.echo(
-            f"pipeline {pipeline_id} is still {current['state']} after {timeout:g}s; "
+            f"pipeline {pipeline_id} is still {printable(current['state'])} after {timeout:g}s; "
             f"follow it with `gamepipeline status {pipeline_id}`",
             err=True,
         )

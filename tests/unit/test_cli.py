@@ -295,3 +295,19 @@ def test_a_short_id_is_any_unique_start_of_four_characters_or_more(
     assert none.exit_code == 6
     assert "no pipeline id starts with 'abcd' among the 1000 newest" in none.output
     assert "`gamepipeline list`" in none.output
+
+
+def test_validate_shows_a_template_s_control_characters_as_escapes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "weird.yaml"
+    path.write_text(
+        "name: x\nsteps:\n  - name: s\n    container:\n      image: busybox\n"
+        '      ports: ["x\\a"]\n'
+    )
+
+    result = CliRunner().invoke(main, ["validate", str(path)])
+
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert '"x\\x07" is not a port mapping' in result.output, result.output
