@@ -258,13 +258,14 @@ def _duration(start: str | None, end: str | None) -> str:
 
 
 def steps_view(pipeline: dict[str, Any]) -> Group:
-    """``status`` and ``submit --wait``: a header line (name, id, state, node), the
-    steps, and the pipeline's message under them, each line from the left edge."""
+    """``status`` and ``submit --wait``: a header (the name; the id, the state and
+    the node), the steps, and the pipeline's message under them, each line from the
+    left edge, so that an 80-column terminal wraps none but the long ones."""
     header = Text.assemble(
         _shown(pipeline["name"]),
-        " ",
-        (pipeline["id"], "dim"),
         "\n",
+        (pipeline["id"], "dim"),
+        "  ",
         _styled(pipeline["state"]),
         " on ",
         _shown(pipeline.get("node") or "-"),

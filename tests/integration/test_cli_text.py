@@ -101,6 +101,14 @@ def test_bracketed_and_control_text_shows_literally_in_every_command(
             _assert_harmless(answer.stdout)
             assert "MarkupError" not in answer.stderr
         status, listed = _flat(shown["status"].stdout), _flat(shown["list"].stdout)
+        # The header and the pipeline's message read from the left edge.
+        status_lines = shown["status"].stdout.splitlines()
+        assert max(len(line) for line in status_lines) <= columns
+        assert status_lines[0] == NAME
+        assert status_lines[1] == f"{pipeline_id}  failed on {node_id}"
+        assert any(line.startswith("step 3 (bell\\x07 and") for line in status_lines), (
+            status_lines
+        )
         assert _flat(NAME) in status, status
         assert "Game [eu] start" in status and "escRED" in status
         assert "bell\\x07 and\\x09bidi\\u202e" in status, status

@@ -231,8 +231,8 @@ def test_status_reads_left_aligned_and_literal_at_80_and_200_columns(
     text = console.export_text()
     lines = text.splitlines()
     assert max(map(len, lines)) <= width
-    assert lines[0] == f"Game [eu] start [/] {pipeline['id']}"
-    assert lines[1] == "running on nu-node1"
+    assert lines[0] == "Game [eu] start [/]"
+    assert lines[1] == f"{pipeline['id']}  running on nu-node1"
     assert "escRED" in text and "\x1b" not in text
     # The pipeline's message starts at the left edge, under the table, whole.
     message = pipeline["message"]
