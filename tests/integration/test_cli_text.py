@@ -134,7 +134,11 @@ def test_bracketed_and_control_text_shows_literally_in_every_command(
 
 
 def test_submit_wait_shows_the_live_table_literally_and_ends_its_line(
-    server: Server, labelled_agent: Process, node_id: str, workdir: Path
+    server: Server,
+    labelled_agent: Process,
+    node_id: str,
+    workdir: Path,
+    cleanup_containers: list[str],
 ) -> None:
     path = workdir / "weird.json"
     path.write_text(json.dumps(_document("true", "true", "true", "echo [[gpu]]")))
