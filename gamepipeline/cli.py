@@ -14,6 +14,7 @@ import yaml
 from gamepipeline import __version__
 from gamepipeline.cli_api import COMMANDS, global_api_options
 from gamepipeline.logs import FORMATS, setup_logging
+from gamepipeline.terminal import printable
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -425,7 +426,9 @@ def validate(files: tuple[str, ...]) -> None:
             failed = True
         except ValidationError as err:
             for problem in err.problems:
-                click.echo(f"{name}:{problem.path}: {problem.message}")
+                click.echo(
+                    f"{name}:{printable(problem.path)}: {printable(problem.message)}"
+                )
             failed = True
     sys.exit(1 if failed else 0)
 
@@ -456,7 +459,8 @@ def compile_(
         for problem in err.problems:
             option = options.get(problem.path.partition(".")[0])
             hint = f" (with {option} NAME=VALUE)" if option else ""
-            click.echo(f"{file}:{problem.path}: {problem.message}{hint}", err=True)
+            where = f"{file}:{printable(problem.path)}"
+            click.echo(f"{where}: {printable(problem.message)}{hint}", err=True)
         sys.exit(1)
     click.echo(
         render_playbook(compile_playbook(bound, pipeline_id=pipeline_id)), nl=False

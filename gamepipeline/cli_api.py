@@ -33,11 +33,13 @@ from typing import Any, Final, TypeVar
 
 import click
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from gamepipeline.client import FINAL_STATES, ApiClient, ApiError
+from gamepipeline.terminal import printable
 
 EXIT_COMPLETED: Final = 0
 EXIT_FAILED: Final = 1
@@ -49,9 +51,11 @@ EXIT_SERVER: Final = 6
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
 #: ``list`` shows whole ids and timestamps from this terminal width on.
 WIDE_COLUMNS: Final = 120
-#: The characters of an id ``list`` shows below ``WIDE_COLUMNS``; the commands that
-#: take a pipeline id take that many or more of its start.
+#: The characters of an id ``list`` shows below ``WIDE_COLUMNS``.
 SHORT_ID: Final = 8
+#: The commands that take a pipeline id take any start of one of the ``MAX_LIST``
+#: newest pipelines' ids that is this long or longer and starts no other.
+MIN_PREFIX: Final = 4
 #: A pipeline id's length (a UUID's 32 hex digits).
 FULL_ID: Final = 32
 #: How many of the newest pipelines a short id is looked up among (the API's limit).
@@ -159,18 +163,57 @@ def _client(server_url: str, token: str | None) -> ApiClient:
     return ApiClient(server_url, token=token or None)
 
 
-def _call(server_url: str, action: Callable[[], Any]) -> Any:
-    """Run one API call, turning its failures into a sentence and exit code 6."""
+def _call(
+    server_url: str, action: Callable[[], Any], not_found: str | None = None
+) -> Any:
+    """Run one API call, turning its failures into a sentence and exit code 6.
+
+    ``not_found`` replaces the server's sentence for a 404: the server's points to
+    its HTTP API, this one to the command that lists what was not found.
+    """
     try:
         return action()
     except ApiError as err:
-        raise ServerProblem(f"the server at {server_url} answered {err}") from None
+        raise ServerProblem(
+            f"the server at {server_url} answered {_api_error_text(err, not_found)}"
+        ) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
         reason = getattr(err, "reason", err)
         raise ServerProblem(
             f"cannot reach the server at {server_url}: {reason}; start it, or pass "
             "--server-url (or set GAMEPIPELINE_URL) to where it listens"
         ) from None
+
+
+def _api_error_text(err: ApiError, not_found: str | None) -> str:
+    """The server's error for a person at a shell: every problem on its own line
+    with its path, and hints that name this command's options."""
+    body = err.body if isinstance(err.body, dict) else {}
+    sentence = printable(str(body.get("error") or err.body or ""), lines=True)
+    if err.status == 404 and not_found:
+        sentence = not_found
+    elif err.status == 401:
+        sentence = (
+            f"{sentence.split(';')[0]}; pass an API token with --token or set "
+            f"{TOKEN_ENV} (one with the read scope to look, write to change)"
+        )
+    problems = [p for p in body.get("problems") or [] if isinstance(p, dict)]
+    if not problems:
+        return f"HTTP {err.status}: {sentence}"
+    lines = [
+        printable(f"{p['path']}: {p['message']}" if p.get("path") else p["message"])
+        for p in problems
+    ]
+    # The server's sentence is "summary: first problem (and N more)": keep the
+    # summary, then every problem.
+    summary = sentence
+    if len(problems) > 1:
+        summary = summary.removesuffix(f" (and {len(problems) - 1} more)")
+    summary = summary.removesuffix(f": {lines[0]}")
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return f"HTTP {err.status}: {summary} ({count}):\n" + "\n".join(
+        f"  {line}" for line in lines
+    )
 
 
 def _json(data: Any) -> None:
@@ -190,9 +233,14 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return result
 
 
-def _styled(state: str) -> str:
-    style = STATE_STYLES.get(state, "")
-    return f"[{style}]{state}[/]" if style else state
+def _styled(state: str) -> Text:
+    return Text(printable(state), style=STATE_STYLES.get(state, ""))
+
+
+def _shown(value: Any, *, lines: bool = False) -> Text:
+    """A string from the server as a table cell or a line: literal (no rich markup,
+    ``[eu]`` stays), without escape sequences, its control characters visible."""
+    return Text(printable(str(value), lines=lines))
 
 
 def _when(stamp: str | None) -> str:
@@ -209,25 +257,34 @@ def _duration(start: str | None, end: str | None) -> str:
     return f"{max(seconds, 0):.1f}s"
 
 
-def steps_table(pipeline: dict[str, Any]) -> Table:
-    title = (
-        f"{pipeline['name']} [dim]{pipeline['id']}[/] "
-        f"{_styled(pipeline['state'])} on {pipeline.get('node') or '-'}"
+def steps_view(pipeline: dict[str, Any]) -> Group:
+    """``status`` and ``submit --wait``: a header (the name; the id, the state and
+    the node), the steps, and the pipeline's message under them, each line from the
+    left edge, so that an 80-column terminal wraps none but the long ones."""
+    header = Text.assemble(
+        _shown(pipeline["name"]),
+        "\n",
+        (pipeline["id"], "dim"),
+        "  ",
+        _styled(pipeline["state"]),
+        " on ",
+        _shown(pipeline.get("node") or "-"),
     )
-    table = Table(title=title, title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for column in ("#", "step", "state", "time", "message"):
         table.add_column(column, overflow="fold")
     for step in pipeline["steps"]:
         table.add_row(
             str(step["index"]),
-            step["name"],
+            _shown(step["name"]),
             _styled(step["state"]),
             _duration(step["started_at"], step["finished_at"]),
-            step["message"] or "",
+            _shown(step["message"] or "", lines=True),
         )
+    parts: list[Text | Table] = [header, table]
     if pipeline.get("message"):
-        table.caption = pipeline["message"]
-    return table
+        parts.append(_shown(pipeline["message"], lines=True))
+    return Group(*parts)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -297,19 +354,23 @@ def _follow(
     deadline = time.monotonic() + timeout
     console = Console(stderr=output == "json")
     current: dict[str, Any] = _call(server_url, lambda: client.pipeline(pipeline_id))
-    with Live(steps_table(current), console=console, auto_refresh=False) as live:
+    with Live(steps_view(current), console=console, auto_refresh=False) as live:
         while current["state"] not in FINAL_STATES:
             if time.monotonic() > deadline:
                 break
             time.sleep(POLL_SECONDS)
             current = _call(server_url, lambda: client.pipeline(pipeline_id))
-            live.update(steps_table(current), refresh=True)
+            live.update(steps_view(current), refresh=True)
+    if not console.is_terminal:
+        # Live ends its last line itself only on a terminal; piped, it would leave
+        # the shell's prompt (or the next line of a log) on the table's last line.
+        console.line()
     ended = current["state"] in FINAL_STATES
     if output == "json":
         _json(current)
     elif not ended:
         click.echo(
-            f"pipeline {pipeline_id} is still {current['state']} after {timeout:g}s; "
+            f"pipeline {pipeline_id} is still {printable(current['state'])} after {timeout:g}s; "
             f"follow it with `gamepipeline status {pipeline_id}`",
             err=True,
         )
@@ -324,11 +385,13 @@ def status(pipeline_id: str, output: str, server_url: str, token: str | None) ->
     """Show a pipeline and each of its steps."""
     client = _client(server_url, token)
     pipeline_id = _full_id(client, server_url, pipeline_id)
-    pipeline = _call(server_url, lambda: client.pipeline(pipeline_id))
+    pipeline = _call(
+        server_url, lambda: client.pipeline(pipeline_id), _no_pipeline(pipeline_id)
+    )
     if output == "json":
         _json(pipeline)
         return
-    Console().print(steps_table(pipeline))
+    Console().print(steps_view(pipeline))
 
 
 @click.command("list")
@@ -360,6 +423,8 @@ def list_(
         return
     console = Console()
     console.print(pipelines_table(pipelines, console.width))
+    if pipelines and console.width < WIDE_COLUMNS:
+        console.print(SHORTENED, overflow="fold")
 
 
 def pipelines_table(
@@ -388,17 +453,20 @@ def pipelines_table(
     for item in pipelines:
         table.add_row(
             item["id"] if wide else item["id"][:SHORT_ID],
-            item["name"],
+            _shown(item["name"]),
             _styled(item["state"]),
-            item["node"] or "-",
+            _shown(item["node"] or "-"),
             _when(item["created_at"]) if wide else _ago(item["created_at"], now),
-            item["message"] or "",
-        )
-    if pipelines and not wide:
-        table.caption = (
-            "ids shortened: status, logs and cancel take them; -o json has them whole"
+            _shown(item["message"] or "", lines=True),
         )
     return table
+
+
+#: Under ``list``'s table when its ids are cut short.
+SHORTENED: Final = Text(
+    "ids shortened: status, logs and cancel take them (or any start of an id "
+    f"{MIN_PREFIX} characters or longer); -o json has them whole"
+)
 
 
 def _ago(stamp: str | None, now: datetime | None = None) -> str:
@@ -417,19 +485,48 @@ def _ago(stamp: str | None, now: datetime | None = None) -> str:
 
 
 def _full_id(client: ApiClient, server_url: str, given: str) -> str:
-    """The pipeline id that ``given`` starts, when it is a short id that ``list``
-    showed; ``given`` itself otherwise (the server then says if it is unknown)."""
-    if len(given) >= FULL_ID or len(given) < SHORT_ID:
+    """The id of the pipeline whose id ``given`` starts: a whole id as it is (the
+    server says if it is unknown); else a start of ``MIN_PREFIX`` characters or more
+    that starts exactly one of the ``MAX_LIST`` newest pipelines' ids."""
+    if len(given) >= FULL_ID:
         return given
-    newest = _call(server_url, lambda: client.pipelines(limit=MAX_LIST))
-    matches = [p["id"] for p in newest if p["id"].startswith(given)]
-    if len(matches) > 1:
+    if len(given) < MIN_PREFIX:
         raise click.BadParameter(
-            f"{given} starts {len(matches)} pipeline ids ({', '.join(matches[:3])}"
-            f"{', ...' if len(matches) > 3 else ''}); give more of the id",
+            f"{given!r} is too short: give a pipeline's whole id or its first "
+            f"{MIN_PREFIX} characters or more (`gamepipeline list` shows them)",
             param_hint="PIPELINE_ID",
         )
-    return matches[0] if matches else given
+    newest = _call(server_url, lambda: client.pipelines(limit=MAX_LIST))
+    matches = [p for p in newest if p["id"].startswith(given.lower())]
+    if not matches:
+        raise ServerProblem(
+            f"no pipeline id starts with {given!r} among the {MAX_LIST} newest "
+            "pipelines; `gamepipeline list` shows their ids (an older pipeline "
+            "needs its whole id)"
+        )
+    if len(matches) > 1:
+        shown = 10
+        lines = [
+            f"  {p['id']}  {printable(p['name'])}  {printable(p['state'])}  "
+            f"{_when(p['created_at'])}"
+            for p in matches[:shown]
+        ]
+        if len(matches) > shown:
+            lines.append(f"  ... and {len(matches) - shown} more")
+        raise click.BadParameter(
+            f"{given!r} is ambiguous: it starts {len(matches)} pipeline ids; give "
+            "more of the one you mean:\n" + "\n".join(lines),
+            param_hint="PIPELINE_ID",
+        )
+    found: str = matches[0]["id"]
+    return found
+
+
+def _no_pipeline(pipeline_id: str) -> str:
+    return (
+        f"pipeline {pipeline_id!r} does not exist; `gamepipeline list` shows the "
+        "pipelines' ids"
+    )
 
 
 @click.command()
@@ -440,14 +537,17 @@ def cancel(pipeline_id: str, output: str, server_url: str, token: str | None) ->
     """Cancel a pending or running pipeline."""
     client = _client(server_url, token)
     pipeline_id = _full_id(client, server_url, pipeline_id)
-    pipeline = _call(server_url, lambda: client.cancel(pipeline_id))
+    pipeline = _call(
+        server_url, lambda: client.cancel(pipeline_id), _no_pipeline(pipeline_id)
+    )
     if output == "json":
         _json(pipeline)
     elif pipeline["state"] == "canceled":
         click.echo(f"pipeline {pipeline_id} canceled")
     else:
         click.echo(
-            f"pipeline {pipeline_id} is stopping on node {pipeline.get('node')}; "
+            f"pipeline {pipeline_id} is stopping on node "
+            f"{printable(str(pipeline.get('node')))}; "
             f"`gamepipeline status {pipeline_id}` shows when it has"
         )
 
@@ -468,12 +568,12 @@ def nodes(output: str, server_url: str, token: str | None) -> None:
     for node in found:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))
         table.add_row(
-            node["node_id"],
+            _shown(node["node_id"]),
             _styled(node["state"]),
             f"{node['active_pipelines']}/{node['capacity']}",
-            labels or "-",
+            _shown(labels or "-"),
             _when(node["last_heartbeat_at"]),
-            node["agent_version"] or "-",
+            _shown(node["agent_version"] or "-"),
         )
     Console().print(table)
 
@@ -489,11 +589,16 @@ def node(
     """Put a node in maintenance (no new pipelines), disable it (its pipelines are
     canceled too) or enable it again."""
     client = _client(server_url, token)
-    changed = _call(server_url, lambda: client.set_node(node_id, action))
+    changed = _call(
+        server_url,
+        lambda: client.set_node(node_id, action),
+        f"node {printable(node_id)!r} does not exist; `gamepipeline nodes` lists the "
+        "nodes (a node exists once its agent has registered)",
+    )
     if output == "json":
         _json(changed)
     else:
-        click.echo(f"node {node_id} is now {changed['state']}")
+        click.echo(f"node {printable(node_id)} is now {printable(changed['state'])}")
 
 
 @click.command()
@@ -507,7 +612,9 @@ def logs(
     """Print the output each step's container left (its last lines)."""
     client = _client(server_url, token)
     pipeline_id = _full_id(client, server_url, pipeline_id)
-    pipeline = _call(server_url, lambda: client.pipeline(pipeline_id))
+    pipeline = _call(
+        server_url, lambda: client.pipeline(pipeline_id), _no_pipeline(pipeline_id)
+    )
     steps = pipeline["steps"]
     if step is not None:
         steps = [s for s in steps if s["index"] == step]
@@ -529,9 +636,10 @@ def logs(
         )
         return
     for item in steps:
-        click.echo(f"==> step {item['index']} {item['name']} ({item['state']}) <==")
+        name, state = printable(item["name"]), printable(item["state"])
+        click.echo(f"==> step {item['index']} {name} ({state}) <==")
         if item["output_tail"]:
-            click.echo(item["output_tail"].rstrip("\n"))
+            click.echo(printable(item["output_tail"], lines=True).rstrip("\n"))
 
 
 COMMANDS: Final = (submit, status, list_, cancel, nodes, node, logs)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gamepipeline.proto import gamepipeline_pb2 as pb
+from gamepipeline.terminal import strip_ansi
 
 OUTPUT_TAIL_LINES = 20
 """How many of a failed container's last output lines go into a report."""
@@ -49,7 +50,6 @@ otherwise turn every number and word like it in an output into ``***``."""
 
 MASK: Final = "***"
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ERROR_LINE = re.compile(r"^(\[ERROR\]:|ERROR!|fatal:)\s*")
 
 
@@ -104,10 +104,6 @@ class _Failure:
     step_index: int | None
     reason: pb.EndReason.ValueType
     message: str
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
 
 
 def tail(

@@ -8,13 +8,16 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from rich.console import Console
 
 from gamepipeline.cli import main
-from gamepipeline.cli_api import _ago, pipelines_table
+from gamepipeline.cli_api import _ago, pipelines_table, status, steps_view
+from gamepipeline.client import ApiClient
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIGINALS = ROOT.parent / "shared" / "testdata" / "original"
@@ -195,3 +198,116 @@ def test_list_table_at_80_columns_keeps_every_column_in_the_width() -> None:
     assert lines[2].split()[:5] == [
         "00000000", "platform-star…", "completed", "gamenode-eu…", "0s",
     ]  # fmt: skip
+
+
+def _pipeline(now: datetime) -> dict[str, Any]:
+    step = {"started_at": now.isoformat(), "finished_at": now.isoformat()}
+    return {
+        "id": "e46fe6" + "0" * 26,
+        "name": "Game [eu] start [/]",
+        "state": "running",
+        "node": "nu-node1",
+        "message": "step 1 (game) failed: could not select device driver \"\" with "
+        "capabilities: [[gpu]]; the node has no GPU runtime, so the game cannot start",
+        "steps": [
+            {**step, "index": 0, "name": "pull [x]", "state": "completed",
+             "message": ""},
+            {**step, "index": 1, "name": "esc\x1b[2J\x1b[31mRED", "state": "failed",
+             "message": "exited with code 3: [[gpu]] " + "word " * 20},
+        ],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_status_reads_left_aligned_and_literal_at_80_and_200_columns(
+    width: int,
+) -> None:
+    now = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+    pipeline = _pipeline(now)
+    console = Console(width=width, record=True, file=io.StringIO())
+
+    console.print(steps_view(pipeline))
+
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width
+    assert lines[0] == "Game [eu] start [/]"
+    assert lines[1] == f"{pipeline['id']}  running on nu-node1"
+    assert "escRED" in text and "\x1b" not in text
+    # The pipeline's message starts at the left edge, under the table, whole.
+    message = pipeline["message"]
+    start = next(i for i, line in enumerate(lines) if line.startswith("step 1 (game)"))
+    assert " ".join(" ".join(lines[start:]).split()) == message
+    assert len(lines[start:]) == (2 if width == 80 else 1)
+    assert all(not line.startswith(" ") for line in lines[start:])
+
+
+def test_list_footer_starts_at_the_left_edge_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = datetime.now(UTC)
+
+    def newest(self: ApiClient, **_: Any) -> list[dict[str, Any]]:
+        return [{**_pipeline(now), "created_at": now.isoformat()}]
+
+    monkeypatch.setattr(ApiClient, "pipelines", newest)
+
+    narrow = CliRunner(env={"COLUMNS": "80"}).invoke(main, ["list"])
+    wide = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["list"])
+
+    assert narrow.exit_code == 0 and wide.exit_code == 0, narrow.output + wide.output
+    lines = narrow.output.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert lines[-2].startswith("ids shortened: status, logs and cancel take them")
+    assert lines[-1].startswith("characters or longer); -o json"), lines
+    assert "Game [eu] st" in narrow.output
+    assert "Game [eu] start [/]" in wide.output and "ids shortened" not in wide.output
+
+
+def test_a_short_id_is_any_unique_start_of_four_characters_or_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+    ids = ["e46fe6" + "0" * 26, "e46fa1" + "1" * 26, "e46fa2" + "2" * 26]
+    newest = [{**_pipeline(now), "id": i, "created_at": now.isoformat()} for i in ids]
+    asked: list[str] = []
+    monkeypatch.setattr(ApiClient, "pipelines", lambda self, **_: newest)
+
+    def one(self: ApiClient, pipeline_id: str) -> dict[str, Any]:
+        asked.append(pipeline_id)
+        return {**_pipeline(now), "id": pipeline_id}
+
+    monkeypatch.setattr(ApiClient, "pipeline", one)
+    runner = CliRunner()
+
+    unique = runner.invoke(status, ["e46fe", "-o", "json"])
+    ambiguous = runner.invoke(status, ["e46f"])
+    too_short = runner.invoke(status, ["e46"])
+    none = runner.invoke(status, ["abcd"])
+
+    assert unique.exit_code == 0, unique.output
+    assert asked == [ids[0]]
+    assert ambiguous.exit_code == 2
+    assert "'e46f' is ambiguous: it starts 3 pipeline ids" in ambiguous.output
+    assert all(i in ambiguous.output for i in ids), ambiguous.output
+    assert too_short.exit_code == 2
+    assert "first 4 characters or more" in too_short.output
+    assert none.exit_code == 6
+    assert "no pipeline id starts with 'abcd' among the 1000 newest" in none.output
+    assert "`gamepipeline list`" in none.output
+
+
+def test_validate_shows_a_template_s_control_characters_as_escapes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "weird.yaml"
+    path.write_text(
+        "name: x\nsteps:\n  - name: s\n    container:\n      image: busybox\n"
+        '      ports: ["x\\a"]\n'
+    )
+
+    result = CliRunner().invoke(main, ["validate", str(path)])
+
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert '"x\\x07" is not a port mapping' in result.output, result.output
