@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gamepipeline.pipeline import bind, load_template, parse_document
+from gamepipeline.pipeline import bind, load_template, parse_document, written_text
 from gamepipeline.pipeline.errors import PipelineError, Problem, ValidationError
 from gamepipeline.server.errors import InvalidRequest
 from gamepipeline.server.store import NewPipeline
@@ -117,6 +117,11 @@ def prepare(submission: Submission) -> NewPipeline:
         template = load_template(submission.document)
     except ValidationError as err:
         raise _invalid("the pipeline document is not valid", err.problems) from None
+    # A long number written in YAML passes the check above, as it may become the text
+    # of an env value; one the template keeps as a number must still fit SQLite.
+    unstorable = _unstorable({"pipeline": template.to_document()})
+    if unstorable:
+        raise _invalid("the submission holds text that cannot be stored", unstorable)
 
     left_to_node = [name for name in template.envs if name not in submission.envs]
     try:
@@ -186,7 +191,11 @@ def _unstorable(data: Any, path: str = "") -> list[Problem]:
         return [Problem(path, f"{data} is not a number a pipeline can use")]
     if isinstance(data, bool):
         return []
-    if isinstance(data, int) and abs(data) > _LARGEST_INTEGER:
+    if (
+        isinstance(data, int)
+        and abs(data) > _LARGEST_INTEGER
+        and written_text(data) is None
+    ):
         return [
             Problem(
                 path, f"{data} is too large a number; use at most {_LARGEST_INTEGER}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -464,4 +465,39 @@ def test_a_query_parameter_given_twice_answers_400_naming_it(api: Api) -> None:
 
     assert answer.status_code == 400, answer.text
     assert answer.json()["problems"][0]["path"] == "arg.PORT"
+    assert api.pipelines() == []
+
+
+def test_long_and_written_numbers_in_a_yaml_environment_are_accepted_as_text(
+    api: Api, tmp_path: Path
+) -> None:
+    """A 20-digit number in ``environment`` is the text of an env value, not a number
+    SQLite must hold; the stored document keeps every number as it was written."""
+    document = (
+        "name: numbers\nsteps:\n  - name: s\n    container:\n      image: i\n"
+        "      environment: {BIG: 12345678901234567890, RATE: 1.50, MASK: 0x10}\n"
+    )
+    answer = post(api, document, **{"Content-Type": "application/yaml"})
+    assert answer.status_code == 201, answer.text
+
+    with sqlite3.connect(tmp_path / "server.db") as conn:
+        (stored,) = conn.execute(
+            "SELECT document FROM pipelines WHERE id = ?", (answer.json()["id"],)
+        ).fetchone()
+    environment = json.loads(stored)["steps"][0]["container"]["environment"]
+    assert environment == {
+        "BIG": "12345678901234567890",
+        "RATE": "1.50",
+        "MASK": "0x10",
+    }
+
+
+def test_a_long_number_where_a_number_is_meant_is_still_refused(api: Api) -> None:
+    document = (
+        "name: numbers\nsteps:\n  - name: s\n    container:\n      image: i\n"
+        "      ulimits: {nofile: 12345678901234567890}\n"
+    )
+    answer = post(api, document, **{"Content-Type": "application/yaml"})
+    assert answer.status_code == 400, answer.text
+    assert "too large a number" in answer.text
     assert api.pipelines() == []
