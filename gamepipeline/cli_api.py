@@ -493,7 +493,11 @@ def node(
     if output == "json":
         _json(changed)
     else:
-        click.echo(f"node {node_id} is now {changed['state']}")
+        state = changed["state"]
+        click.echo(
+            f"node {node_id} is now "
+            f"{'in maintenance' if state == 'maintenance' else state}"
+        )
 
 
 @click.command()

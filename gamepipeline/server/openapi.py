@@ -220,6 +220,8 @@ def _paths() -> dict[str, Any]:
                 "The body is read as YAML or JSON whatever its Content-Type; one "
                 "sent as application/json that starts with { or [ and is not valid "
                 "JSON is answered 400 with the JSON error's line and column. "
+                "A pipeline for a named node the server knows whose labels its "
+                "node_selector cannot match is answered 409 naming both. "
                 "Needs the write scope.",
                 "security": _WRITE,
                 "parameters": [
@@ -236,7 +238,7 @@ def _paths() -> dict[str, Any]:
                     "201": _answer(
                         "Stored; the pipeline waits for a node.", "Submitted"
                     ),
-                    **_errors(400, 401, 403, 404, 413),
+                    **_errors(400, 401, 403, 404, 409, 413),
                 },
             },
             "get": {

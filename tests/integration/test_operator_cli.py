@@ -198,7 +198,7 @@ def test_node_command_puts_a_node_in_maintenance_and_back(
     table = cli(server, "nodes")
     back = cli(server, "node", node_id, "enable", "-o", "json")
 
-    assert into.stdout.strip() == f"node {node_id} is now maintenance"
+    assert into.stdout.strip() == f"node {node_id} is now in maintenance"
     assert "maintenance" in table.stdout
     assert json.loads(back.stdout)["state"] == "online"
 
