@@ -35,7 +35,7 @@ from gamepipeline.wire import node_id_problem
 
 log = logging.getLogger(__name__)
 
-ENVELOPE_KEYS: Final = ("pipeline", "args", "envs", "node")
+ENVELOPE_KEYS: Final = ("pipeline", "template", "args", "envs", "node")
 ARG_PREFIX: Final = "arg."
 #: Env values this long or longer are masked in error messages, as the agent masks them
 #: in step output (shorter ones, like a port, would blank out ordinary text).
@@ -257,7 +257,11 @@ def _json_error(body: bytes) -> Problem | None:
 
 def _from_envelope(envelope: dict[str, Any]) -> Submission:
     problems = [
-        Problem(key, f"unknown envelope key {key!r}; use {', '.join(ENVELOPE_KEYS)}")
+        Problem(
+            key,
+            f"unknown envelope key {key!r}; use {', '.join(ENVELOPE_KEYS)} "
+            "(pipeline or template, not both)",
+        )
         for key in envelope
         if key not in ENVELOPE_KEYS
     ]
@@ -308,15 +312,46 @@ def _values(raw: Any, where: str) -> tuple[dict[str, str], list[Problem]]:
 
 
 def _apply_query(submission: Submission, query: Mapping[str, str]) -> None:
+    """Add the query's args, envs and node to what the body gave. A value the body
+    gives too must be the same: which of two to use is not guessed."""
     problems: list[Problem] = []
     for key, value in query.items():
         if key.startswith(ARG_PREFIX) and len(key) > len(ARG_PREFIX):
-            submission.args[key.removeprefix(ARG_PREFIX)] = value
+            name = key.removeprefix(ARG_PREFIX)
+            given = submission.args.get(name)
+            if given is not None and given != value:
+                problems.append(
+                    Problem(
+                        key,
+                        f"the query gives arg {name} as {value!r} and the body's "
+                        f"args as {given!r}; give it in one place",
+                    )
+                )
+            submission.args[name] = value
         elif key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            submission.envs[key.removeprefix(ENV_PREFIX)] = value
+            name = key.removeprefix(ENV_PREFIX)
+            given = submission.envs.get(name)
+            if given is not None and given != value:
+                # Env values are secrets: neither is shown.
+                problems.append(
+                    Problem(
+                        key,
+                        f"the query and the body's envs give env {name} different "
+                        "values; give it in one place",
+                    )
+                )
+            submission.envs[name] = value
         elif key == "node":
             if not value:
                 problems.append(Problem("node", "node= is empty; give a node id"))
+            elif submission.node is not None and submission.node != value:
+                problems.append(
+                    Problem(
+                        "node",
+                        f"the query names node {value!r} and the body names node "
+                        f"{submission.node!r}; name the node in one place",
+                    )
+                )
             submission.node = value or None
         else:
             problems.append(

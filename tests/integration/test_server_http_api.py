@@ -501,3 +501,64 @@ def test_a_long_number_where_a_number_is_meant_is_still_refused(api: Api) -> Non
     assert answer.status_code == 400, answer.text
     assert "too large a number" in answer.text
     assert api.pipelines() == []
+
+
+# --- the query and the envelope ----------------------------------------------------------
+
+
+def test_a_node_named_by_the_query_and_another_by_the_envelope_answers_400(
+    api: Api,
+) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, node="nu-node2"),
+        "?node=nu-node1",
+        **{"Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "'nu-node1'" in error and "'nu-node2'" in error, error
+    assert answer.json()["problems"][0]["path"] == "node"
+    assert api.pipelines() == []
+
+
+def test_the_same_node_in_query_and_envelope_is_accepted(api: Api) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, node="nu-node1"),
+        "?node=nu-node1",
+        **{"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert api.pipeline(answer.json()["id"])["node_requested"] == "nu-node1"
+
+
+def test_args_and_envs_given_twice_with_other_values_answer_400_hiding_env_values(
+    api: Api,
+) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, envs={"TOKEN": "body-s3cret"}),
+        "?arg.PORT=2&env.TOKEN=query-s3cret",
+        **{"Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text
+    paths = [p["path"] for p in answer.json()["problems"]]
+    assert paths == ["arg.PORT", "env.TOKEN"]
+    assert "s3cret" not in answer.text
+    assert api.pipelines() == []
+
+
+def test_an_unknown_envelope_key_lists_every_accepted_key(api: Api) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, colour="red"),
+        **{"Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["problems"][0]["message"]
+    for key in ("pipeline", "template", "args", "envs", "node"):
+        assert key in message.split("; use ")[1], message
