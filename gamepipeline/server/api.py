@@ -183,6 +183,7 @@ def create_app(
 
     @app.get("/api/pipelines")
     def list_pipelines() -> Response:
+        _check_query(LIST_PARAMETERS)
         state = _state_filter(request.args.get("state"))
         limit = _limit(request.args.get("limit"))
         records = store.list_pipelines(
@@ -315,6 +316,35 @@ def _cancel_all_on(node_id: str, store: Store, dispatch: Dispatch) -> None:
             pipeline_id,
             node_id,
             extra=ids(pipeline_id, node_id=node_id),
+        )
+
+
+#: The query parameters ``GET /api/pipelines`` understands.
+LIST_PARAMETERS: Final = ("state", "node", "template", "limit")
+
+
+def _check_query(known: tuple[str, ...]) -> None:
+    """Refuse a query parameter the endpoint does not understand, or one given more
+    than once (as the submission does): a filter silently dropped or half-applied
+    answers the wrong list."""
+    problems = [
+        Problem(
+            key,
+            f"query parameter {key!r} is not understood; use {', '.join(known)}",
+        )
+        for key in request.args
+        if key not in known
+    ]
+    problems += [
+        Problem(key, "given more than once; give it once (one state a request)")
+        for key, values in request.args.lists()
+        if key in known and len(values) > 1
+    ]
+    if problems:
+        first = f"{problems[0].path}: {problems[0].message}"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidRequest(
+            f"the query parameters are not valid: {first}{more}", problems
         )
 
 

@@ -245,6 +245,9 @@ def _paths() -> dict[str, Any]:
             },
             "get": {
                 "summary": "List pipelines, newest first",
+                "description": "Each filter is given at most once (one state a "
+                "request); a parameter given twice, or one not listed here, is "
+                "answered 400 naming it.",
                 "security": _READ,
                 "parameters": [
                     {

@@ -562,3 +562,36 @@ def test_an_unknown_envelope_key_lists_every_accepted_key(api: Api) -> None:
     message = answer.json()["problems"][0]["message"]
     for key in ("pipeline", "template", "args", "envs", "node"):
         assert key in message.split("; use ")[1], message
+
+
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        ("?foo=1", "foo"),
+        ("?state=running&stat=failed", "stat"),
+        ("?state=running&state=failed", "state"),
+        ("?node=a&node=b", "node"),
+    ],
+)
+def test_list_with_an_unknown_or_repeated_parameter_answers_400_naming_it(
+    api: Api, query: str, path: str
+) -> None:
+    api.submit()
+
+    answer = requests.get(api.url(f"/api/pipelines{query}"), timeout=5)
+
+    assert answer.status_code == 400, answer.text
+    assert [p["path"] for p in answer.json()["problems"]] == [path]
+    assert (
+        repr(path) in answer.json()["error"]
+        or "more than once" in answer.json()["error"]
+    )
+
+
+def test_the_openapi_document_says_list_parameters_come_once(api: Api) -> None:
+    document = requests.get(api.url("/api/openapi.json"), timeout=5).json()
+    listing = document["paths"]["/api/pipelines"]["get"]
+    assert "400" in listing["responses"]
+    assert "twice" in listing["description"]
+    state = next(p for p in listing["parameters"] if p["name"] == "state")
+    assert state["schema"]["enum"]  # one state, not an array
