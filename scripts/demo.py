@@ -340,7 +340,14 @@ def main() -> int:
         f"\nThe server and agent keep running: curl http://127.0.0.1:{ports['http']}"
         f"/api/pipelines/{pipeline_id}\nStop them with `make demo-stop`; logs in var/demo/."
     )
-    return 0 if final["state"] == "completed" else 1
+    if final["state"] != "completed":
+        print(
+            f"\ndemo: the pipeline ended {final['state']}, so the demo exits 1 and make "
+            "reports `Error 1`; without a GPU runtime that is expected of a template "
+            "with a GPU step"
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

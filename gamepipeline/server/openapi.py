@@ -216,9 +216,9 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Submit a pipeline",
                 "description": "Args, envs and the node may also come as query "
-                "parameters arg.NAME=VALUE, env.NAME=VALUE and node=NODE_ID; one "
-                "given both there and in the envelope with another value is "
-                "answered 400. "
+                "parameters arg.NAME=VALUE, env.NAME=VALUE and node=NODE_ID; an "
+                "arg or env there wins over the envelope's, a node there that "
+                "differs from the envelope's is answered 400. "
                 "The body is read as YAML or JSON whatever its Content-Type; one "
                 "sent as application/json that starts with { or [ and is not valid "
                 "JSON is answered 400 with the JSON error's line and column. "

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from gamepipeline.pipeline import bind, load_template, parse_document, written_text
+from gamepipeline.pipeline.documents import WrittenFloat, WrittenInt
 from gamepipeline.pipeline.errors import PipelineError, Problem, ValidationError
 from gamepipeline.server.errors import InvalidRequest
 from gamepipeline.server.store import NewPipeline
@@ -223,10 +224,20 @@ def _masked(problem: Problem, envs: Mapping[str, str]) -> Problem:
     return Problem(problem.path, message)
 
 
+def load_json(body: bytes | str) -> Any:
+    """JSON whose numbers remember how they were written, as YAML's do: ``1.50`` in an
+    envelope's document or args reaches the container as ``1.50``, not ``1.5``."""
+    return json.loads(
+        body,
+        parse_int=lambda text: WrittenInt.of(int(text), text),
+        parse_float=lambda text: WrittenFloat.of(float(text), text),
+    )
+
+
 def _envelope(body: bytes) -> dict[str, Any] | None:
     """The body as an envelope, or None when it is a bare document."""
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(data, dict) and "pipeline" in data:
@@ -300,7 +311,7 @@ def _values(raw: Any, where: str) -> tuple[dict[str, str], list[Problem]]:
         if isinstance(value, bool):
             values[name] = "true" if value else "false"
         elif isinstance(value, str | int | float):
-            values[name] = str(value)
+            values[name] = written_text(value) or str(value)
         else:
             problems.append(
                 Problem(
@@ -312,35 +323,14 @@ def _values(raw: Any, where: str) -> tuple[dict[str, str], list[Problem]]:
 
 
 def _apply_query(submission: Submission, query: Mapping[str, str]) -> None:
-    """Add the query's args, envs and node to what the body gave. A value the body
-    gives too must be the same: which of two to use is not guessed."""
+    """Add the query's args, envs and node to what the body gave. An arg or env in
+    both is the query's (an override); a node in both must be the same node."""
     problems: list[Problem] = []
     for key, value in query.items():
         if key.startswith(ARG_PREFIX) and len(key) > len(ARG_PREFIX):
-            name = key.removeprefix(ARG_PREFIX)
-            given = submission.args.get(name)
-            if given is not None and given != value:
-                problems.append(
-                    Problem(
-                        key,
-                        f"the query gives arg {name} as {value!r} and the body's "
-                        f"args as {given!r}; give it in one place",
-                    )
-                )
-            submission.args[name] = value
+            submission.args[key.removeprefix(ARG_PREFIX)] = value
         elif key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            name = key.removeprefix(ENV_PREFIX)
-            given = submission.envs.get(name)
-            if given is not None and given != value:
-                # Env values are secrets: neither is shown.
-                problems.append(
-                    Problem(
-                        key,
-                        f"the query and the body's envs give env {name} different "
-                        "values; give it in one place",
-                    )
-                )
-            submission.envs[name] = value
+            submission.envs[key.removeprefix(ENV_PREFIX)] = value
         elif key == "node":
             if not value:
                 problems.append(Problem("node", "node= is empty; give a node id"))

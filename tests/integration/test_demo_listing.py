@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import uuid
-from pathlib import Path
 from types import ModuleType
 
 import docker
