@@ -129,3 +129,21 @@ def test_a_server_config_with_a_key_twice_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert str(config) in result.stderr
     assert "'FLAG' is written twice" in result.stderr
+
+
+@pytest.mark.parametrize("written", ["no", "off", "yes", "1"])
+def test_a_server_switch_written_as_yaml_1_1_is_refused_not_taken_for_true(
+    tmp_path: Path, written: str
+) -> None:
+    """``insecure: no`` is the text "no" under YAML 1.2: refused, never an open server."""
+    config = tmp_path / "server.yaml"
+    config.write_text(f"insecure: {written}\n")
+    result = subprocess.run(
+        [*gamepipeline_command(), "server", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "insecure" in result.stderr and "is not true or false" in result.stderr
