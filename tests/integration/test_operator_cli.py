@@ -172,8 +172,16 @@ def test_a_canceled_or_timed_out_step_keeps_the_last_lines_of_its_output(
     canceled_doc = template(workdir / "canceled.json", *lines)
     timed_out_doc = template(workdir / "timed.json", *lines, timeout="4s")
 
+    whole_doc = workdir / "whole.json"
+    whole = json.loads(Path(template(whole_doc, *lines)).read_text())
+    # The pipeline's own timeout; room for a cold start beside the other two.
+    whole_doc.write_text(json.dumps({**whole, "timeout": "15s"}))
+
     canceled = json.loads(
         cli(server, "submit", canceled_doc, *secret, "-o", "json").stdout
+    )["id"]
+    pipeline_timed_out = json.loads(
+        cli(server, "submit", str(whole_doc), *secret, "-o", "json").stdout
     )["id"]
     timed_out = cli(server, "submit", timed_out_doc, *secret, "--wait", "-o", "json")
     assert timed_out.returncode == EXIT_TIMED_OUT, timed_out.stderr
@@ -183,7 +191,10 @@ def test_a_canceled_or_timed_out_step_keeps_the_last_lines_of_its_output(
     assert cli(server, "cancel", canceled).returncode == 0
     assert server.api.wait(canceled, timeout=60)["state"] == "canceled"
 
-    for pipeline_id in (canceled, timed_out_id):
+    final_whole = server.api.wait(pipeline_timed_out, timeout=60)
+    assert final_whole["reason"] == "timeout"
+
+    for pipeline_id in (canceled, timed_out_id, pipeline_timed_out):
         logs = json.loads(cli(server, "logs", pipeline_id, "-o", "json").stdout)
         assert logs[0]["output_tail"] == "start\nkey=***", (pipeline_id, logs)
         assert _stored_output(server, pipeline_id) == "start\nkey=***"
