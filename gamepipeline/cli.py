@@ -72,6 +72,15 @@ def _config_file(path: str | None, known: frozenset[str]) -> dict[str, Any]:
     return data
 
 
+def _number(value: Any, key: str, source: str | None, kind: type[Any]) -> Any:
+    """A config file's number setting; anything else is refused naming file and key."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise click.BadParameter(f"{source}: {key}: {value!r} is not a number")
+    if kind is int and not isinstance(value, int):
+        raise click.BadParameter(f"{source}: {key}: {value!r} is not a whole number")
+    return kind(value)
+
+
 def _scalar(value: Any) -> str:
     """A config file's scalar as the text it was written as (``010`` stays 010)."""
     from gamepipeline.pipeline.grammar import scalar_text
@@ -337,7 +346,9 @@ def agent(
     if "hostname" in config:
         settings["hostname"] = _scalar(config["hostname"])
     if "heartbeat_interval" in config:
-        settings["heartbeat_interval"] = float(config["heartbeat_interval"])
+        settings["heartbeat_interval"] = _number(
+            config["heartbeat_interval"], "heartbeat_interval", config_path, float
+        )
     for switch in ("spare", "mitogen"):
         if switch in config:
             if not isinstance(config[switch], bool):
@@ -356,7 +367,8 @@ def agent(
         agent_config = AgentConfig(
             server_address=_scalar(server_address),
             node_id=_scalar(node_id),
-            capacity=capacity or int(config.get("capacity", 4)),
+            capacity=capacity
+            or int(_number(config.get("capacity", 4), "capacity", config_path, int)),
             labels={
                 **_mapping(config.get("labels"), "labels", config_path),
                 **_pairs(labels, "--label"),

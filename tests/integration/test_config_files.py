@@ -103,6 +103,9 @@ def _agent_with(config: Path) -> subprocess.CompletedProcess[str]:
         ("labels: {rack: [1, 2]}\n", "labels.rack"),
         ("envs: {LEVEL: }\n", "envs.LEVEL has no value"),
         ("- just\n- a list\n", "mapping of settings"),
+        ("capacity: four\n", "capacity: 'four' is not a number"),
+        ("capacity: 1.5\n", "capacity: 1.5 is not a whole number"),
+        ("heartbeat_interval: yes\n", "heartbeat_interval: 'yes' is not a number"),
     ],
 )
 def test_a_bad_agent_config_is_refused_naming_the_file_and_key(
