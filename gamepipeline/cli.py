@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from gamepipeline import __version__
 from gamepipeline.cli_api import COMMANDS, global_api_options
@@ -58,14 +57,14 @@ def _config_file(path: str | None, known: frozenset[str]) -> dict[str, Any]:
     """Read a YAML configuration file; every key must be one the command knows."""
     if path is None:
         return {}
+    from gamepipeline.pipeline import ConfigError, parse_config
+
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = parse_config(Path(path).read_bytes(), source=path)
     except OSError as err:
         raise click.BadParameter(f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise click.BadParameter(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{path} must hold a mapping of settings")
+    except ConfigError as err:
+        raise click.BadParameter(str(err)) from None
     unknown = sorted(set(data) - known)
     if unknown:
         raise click.BadParameter(
@@ -74,18 +73,49 @@ def _config_file(path: str | None, known: frozenset[str]) -> dict[str, Any]:
     return data
 
 
-def _mapping(value: Any, where: str) -> dict[str, str]:
+def _number(value: Any, key: str, source: str | None, kind: type[Any]) -> Any:
+    """A config file's number setting; anything else is refused naming file and key."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise click.BadParameter(f"{source}: {key}: {value!r} is not a number")
+    if kind is int and not isinstance(value, int):
+        raise click.BadParameter(f"{source}: {key}: {value!r} is not a whole number")
+    return kind(value)
+
+
+def _scalar(value: Any) -> str:
+    """A config file's scalar as the text it was written as (``010`` stays 010)."""
+    from gamepipeline.pipeline.grammar import scalar_text
+
+    try:
+        return scalar_text(value)
+    except ValueError:
+        return str(value)
+
+
+def _mapping(value: Any, where: str, source: str | None = None) -> dict[str, str]:
+    """A config file's mapping of text values, each as it was written."""
+    from gamepipeline.pipeline.grammar import scalar_text
+
+    prefix = f"{source}: " if source else ""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise click.BadParameter(f"{where} must be a mapping of KEY: VALUE")
-    return {str(k): _text(v) for k, v in value.items()}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+        raise click.BadParameter(f"{prefix}{where} must be a mapping of KEY: VALUE")
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise click.BadParameter(
+                f"{prefix}{where}: the key {key!r} is not text; quote it"
+            )
+        if item is None:
+            raise click.BadParameter(
+                f'{prefix}{where}.{key} has no value; write {key}: "" for an empty one'
+            )
+        try:
+            result[key] = scalar_text(item)
+        except ValueError as err:
+            raise click.BadParameter(f"{prefix}{where}.{key}: {err}") from None
+    return result
 
 
 SERVER_SETTINGS = frozenset(
@@ -209,7 +239,10 @@ def server(
             port_file=port_file,
             **timings,
             templates_dir=templates_dir or config.get("templates_dir"),
-            envs={**_mapping(config.get("envs"), "envs"), **_pairs(envs, "--env")},
+            envs={
+                **_mapping(config.get("envs"), "envs", config_path),
+                **_pairs(envs, "--env"),
+            },
             security=security,
         )
     except StartupError as err:
@@ -312,9 +345,11 @@ def agent(
         raise click.UsageError("no node id: give --node-id or `node_id:` in --config")
     settings: dict[str, Any] = {}
     if "hostname" in config:
-        settings["hostname"] = str(config["hostname"])
+        settings["hostname"] = _scalar(config["hostname"])
     if "heartbeat_interval" in config:
-        settings["heartbeat_interval"] = float(config["heartbeat_interval"])
+        settings["heartbeat_interval"] = _number(
+            config["heartbeat_interval"], "heartbeat_interval", config_path, float
+        )
     for switch in ("spare", "mitogen"):
         if switch in config:
             if not isinstance(config[switch], bool):
@@ -331,14 +366,18 @@ def agent(
     setup_logging(log_level, log_format, static={"node_id": str(node_id)})
     try:
         agent_config = AgentConfig(
-            server_address=str(server_address),
-            node_id=str(node_id),
-            capacity=capacity or int(config.get("capacity", 4)),
+            server_address=_scalar(server_address),
+            node_id=_scalar(node_id),
+            capacity=capacity
+            or int(_number(config.get("capacity", 4), "capacity", config_path, int)),
             labels={
-                **_mapping(config.get("labels"), "labels"),
+                **_mapping(config.get("labels"), "labels", config_path),
                 **_pairs(labels, "--label"),
             },
-            envs={**_mapping(config.get("envs"), "envs"), **_pairs(envs, "--env")},
+            envs={
+                **_mapping(config.get("envs"), "envs", config_path),
+                **_pairs(envs, "--env"),
+            },
             work_dir=Path(
                 work_dir or config.get("work_dir", "/var/lib/gamepipeline-agent")
             ),
@@ -375,7 +414,7 @@ def _agent_token(
             raise click.BadParameter(f"the token file {path} is empty")
         return text
     value = config.get("token")
-    return str(value) if value else None
+    return _scalar(value) if value else None
 
 
 def _agent_tls(tls_ca: str | None, config: dict[str, Any]) -> dict[str, Any]:

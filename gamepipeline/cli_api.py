@@ -598,7 +598,11 @@ def node(
     if output == "json":
         _json(changed)
     else:
-        click.echo(f"node {printable(node_id)} is now {printable(changed['state'])}")
+        state = printable(changed["state"])
+        click.echo(
+            f"node {printable(node_id)} is now "
+            f"{'in maintenance' if state == 'maintenance' else state}"
+        )
 
 
 @click.command()

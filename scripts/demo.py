@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -207,6 +208,57 @@ def start_s3(platform: str) -> dict[str, str]:
     }
 
 
+_ARG = re.compile(r"\$\{\{\s*args\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def step_containers(pipeline: dict[str, Any], args: dict[str, str]) -> list[str]:
+    """The container name each step of the pipeline names (its ``container_name`` with
+    the demo's args put in, or the name GamePipeline gives one without)."""
+    names = []
+    for index, step in enumerate(pipeline.get("document", {}).get("steps", [])):
+        named = (step.get("container") or {}).get("container_name")
+        if named:
+            names.append(_ARG.sub(lambda m: args.get(m.group(1), m.group(0)), named))
+        else:
+            names.append(f"gp-{pipeline['id']}-{index}")
+    return list(dict.fromkeys(names))
+
+
+def show_containers(names: list[str], pipeline_id: str) -> None:
+    """What the engine holds under those names now, whoever's run made them: a second
+    demo leaves the first one's running containers in place (they already match)."""
+    label = "io.beaglewind.gamepipeline.pipeline"
+    listed = subprocess.run(
+        [
+            "docker", "ps", "--all", "--no-trunc",
+            "--format", f'{{{{.Names}}}}\t{{{{.Image}}}}\t{{{{.Status}}}}\t'
+            f'{{{{.Ports}}}}\t{{{{.Label "{label}"}}}}',
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = {}
+    for line in listed.stdout.splitlines():
+        name, image, status, ports, owner = (line.split("\t") + [""] * 5)[:5]
+        found[name] = (image, status, ports, owner)
+    rows = [("NAME", "IMAGE", "STATUS", "PORTS", "")]
+    for name in names:
+        if name not in found:
+            rows.append(
+                (name, "-", "not on the engine (removed, or never created)", "", "")
+            )
+            continue
+        image, status, ports, owner = found[name]
+        note = "" if owner == pipeline_id else f"(from pipeline {owner or '?'})"
+        rows.append((name, image, status, ports, note))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print(
+            "  ".join(
+                cell.ljust(w) for cell, w in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--template", default="demo")
@@ -283,22 +335,19 @@ def main() -> int:
     final = client.wait(pipeline_id, timeout=300)
     show(final)
     print(f"\nfinished in {time.monotonic() - started:.1f} s; its containers:")
-    subprocess.run(
-        [
-            "docker",
-            "ps",
-            "--filter",
-            f"label=io.beaglewind.gamepipeline.pipeline={pipeline_id}",
-            "--format",
-            "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}",
-        ],
-        check=False,
-    )
+    show_containers(step_containers(final, values["args"]), pipeline_id)
     print(
         f"\nThe server and agent keep running: curl http://127.0.0.1:{ports['http']}"
         f"/api/pipelines/{pipeline_id}\nStop them with `make demo-stop`; logs in var/demo/."
     )
-    return 0 if final["state"] == "completed" else 1
+    if final["state"] != "completed":
+        print(
+            f"\ndemo: the pipeline ended {final['state']}, so the demo exits 1 and make "
+            "reports `Error 1`; without a GPU runtime that is expected of a template "
+            "with a GPU step"
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from typing import Any, Final
 
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.terminal import strip_ansi
+
+log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_LINES = 20
 """How many of a failed container's last output lines go into a report."""
@@ -163,6 +166,9 @@ class EventTranslator:
             a step is then completed as soon as its last task is done instead of when
             the next step starts.
         secrets: the pipeline's env values, masked in every report's text.
+        container_output: the output so far of a step's container(s), for a step that
+            is stopped before its container ends (canceled, timed out): its events
+            carry no output then. Read while the container is still there.
     """
 
     def __init__(
@@ -171,8 +177,10 @@ class EventTranslator:
         step_of_task: Callable[[str], int | None],
         tasks_per_step: Sequence[int] | None = None,
         secrets: Iterable[str] = (),
+        container_output: Callable[[int], str] | None = None,
     ) -> None:
         self._secrets = secret_values(secrets)
+        self._container_output = container_output
         self._step_output: dict[int, str] = {}
         self._names = list(step_names)
         self._step_of_task = step_of_task
@@ -222,6 +230,19 @@ class EventTranslator:
             if self._states[self._current] not in _FINAL_STEP_STATES
             else None
         )
+
+    def capture_output(self, step: int) -> None:
+        """Keep the output ``step``'s container printed so far, for the report that
+        ends the step; called before a cancel or a timeout removes the container."""
+        if step in self._step_output or self._container_output is None:
+            return
+        try:
+            text = self._container_output(step)
+        except Exception:
+            log.warning("could not read the output of step %d", step, exc_info=True)
+            return
+        if text.strip():
+            self._step_output[step] = tail(strip_ansi(text))
 
     def start(self) -> list[Report]:
         """The reports for a run that is about to start."""
@@ -461,6 +482,10 @@ class EventTranslator:
             return []
         if self._states[step] == pb.STEP_STATE_PENDING:
             self._current = step
+        if not output.strip() and reason == pb.END_REASON_TIMEOUT:
+            # The step's own timeout killed its module; its container still runs.
+            self.capture_output(step)
+            output = self._step_output.get(step, "")
         return [
             self._set(
                 step,

@@ -173,19 +173,27 @@ def kill_orphans(node_id: str, data_dirs: tuple[str, ...] = ()) -> list[Orphan]:
             continue
         except OSError as err:
             log.warning(
-                "node %s: could not kill leftover process group %d (pipeline %s): %s",
+                "node %s: could not kill leftover process group %d (%s): %s",
                 node_id,
                 orphan.group,
-                orphan.pipeline_id or "?",
+                _whose(orphan),
                 err,
             )
             continue
         killed.add(orphan.group)
         log.warning(
-            "node %s: killed leftover process group %d of pipeline %s: %s",
+            "node %s: killed leftover process group %d of %s: %s",
             node_id,
             orphan.group,
-            orphan.pipeline_id or "?",
+            _whose(orphan),
             orphan.why,
         )
     return orphans
+
+
+def _whose(orphan: Orphan) -> str:
+    """What the process group was for: a pipeline's run, or a spare ansible-playbook
+    started ahead of any pipeline (its GAMEPIPELINE_PIPELINE_ID is empty)."""
+    if orphan.pipeline_id:
+        return f"pipeline {orphan.pipeline_id}"
+    return "a spare ansible-playbook"

@@ -41,6 +41,7 @@ from typing import Any
 
 from gamepipeline import pipeline as language
 from gamepipeline.agent.events import (
+    OUTPUT_TAIL_LINES,
     EventTranslator,
     PipelineReport,
     Report,
@@ -108,6 +109,22 @@ class ContainerJanitor:
                 raise
             removed.append(container.name)
         return removed
+
+    def output(self, pipeline_id: str, names: list[str]) -> str:
+        """The last lines the named containers of ``pipeline_id`` printed (stdout and
+        stderr), read before a cancel or a timeout removes them."""
+        import docker.errors
+
+        parts = []
+        for container in self._list(pipeline_id):
+            if container.name not in names:
+                continue
+            try:
+                raw = container.logs(stdout=True, stderr=True, tail=OUTPUT_TAIL_LINES)
+            except docker.errors.NotFound:
+                continue
+            parts.append(raw.decode("utf-8", errors="replace"))
+        return "".join(parts)
 
     def remove_stopped(self, pipeline_id: str, names: list[str]) -> list[str]:
         """Remove the named containers of ``pipeline_id`` that are not running (a
@@ -443,6 +460,9 @@ class PipelineRun:
             language.step_index_of_task,
             info.tasks_per_step,
             secrets=secrets,
+            container_output=lambda step: self._janitor.output(
+                self.pipeline_id, info.containers.get(step, [])
+            ),
         )
         self._translator = translator
         spare = self._take_spare()
@@ -486,6 +506,8 @@ class PipelineRun:
         if cleanup is None:
             cleanup = translator.timed_out_step
         if cleanup is not None:
+            # Its output goes with the containers: keep its last lines first.
+            translator.capture_output(cleanup)
             self._remove_step_containers(cleanup, info)
         elif translator.failed_step is not None:
             self._remove_failed_step_containers(translator.failed_step, info)

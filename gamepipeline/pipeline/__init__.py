@@ -26,7 +26,7 @@ from .compiler import (
     container_name_of,
     step_index_of_task,
 )
-from .documents import parse_document
+from .documents import ConfigError, parse_config, parse_document, written_text
 from .errors import PipelineError, Problem, ValidationError
 from .loading import load_template
 from .model import Container, DeviceRequest, Healthcheck, Step, Template
@@ -39,6 +39,7 @@ __all__ = [
     "LABEL_STEP",
     "LABEL_TEMPLATE",
     "BoundPipeline",
+    "ConfigError",
     "Container",
     "DeviceRequest",
     "Healthcheck",
@@ -52,8 +53,10 @@ __all__ = [
     "container_name_of",
     "json_schema",
     "load_template",
+    "parse_config",
     "parse_document",
     "render_playbook",
     "render_tasks",
     "step_index_of_task",
+    "written_text",
 ]

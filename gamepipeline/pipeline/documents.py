@@ -30,6 +30,40 @@ class _TooLarge(Exception):
     """The composed document breaks one of the bounds; the message says which."""
 
 
+class WrittenInt(int):
+    """An integer that remembers the text it was written as (``0x10``, ``1_000``).
+
+    It is an ``int`` everywhere (a capacity, a retry count); where a value reaches a
+    container or a label as text, ``written`` gives what the author wrote.
+    """
+
+    written: str
+
+    @classmethod
+    def of(cls, value: int, written: str) -> WrittenInt:
+        number = cls(value)
+        number.written = written
+        return number
+
+
+class WrittenFloat(float):
+    """A float that remembers the text it was written as (``1.50``, ``1e3``)."""
+
+    written: str
+
+    @classmethod
+    def of(cls, value: float, written: str) -> WrittenFloat:
+        number = cls(value)
+        number.written = written
+        return number
+
+
+def written_text(value: Any) -> str | None:
+    """The text a number read from YAML was written as; None for other values."""
+    written = getattr(value, "written", None)
+    return written if isinstance(written, str) else None
+
+
 class _DocumentLoader(yaml.SafeLoader):
     """``yaml.safe_load`` without YAML 1.1's surprises, with the bounds above.
 
@@ -40,6 +74,14 @@ class _DocumentLoader(yaml.SafeLoader):
     ``true``/``false`` are booleans and a number with a leading zero is text. A key
     written twice in one mapping is an error rather than the last one silently winning.
     """
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        value = super().construct_yaml_int(node)
+        return WrittenInt.of(value, node.value)
+
+    def construct_yaml_float(self, node: Any) -> Any:
+        value = super().construct_yaml_float(node)
+        return WrittenFloat.of(value, node.value)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: dict[Any, Any] = {}
@@ -154,6 +196,14 @@ def _unless(text: re.Pattern[str], regexp: re.Pattern[str]) -> re.Pattern[str]:
 
 
 _narrow_implicit_types()
+_DocumentLoader.add_constructor(
+    "tag:yaml.org,2002:int",
+    _DocumentLoader.construct_yaml_int,
+)
+_DocumentLoader.add_constructor(
+    "tag:yaml.org,2002:float",
+    _DocumentLoader.construct_yaml_float,
+)
 
 
 def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str, Any]:
@@ -163,6 +213,21 @@ def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str
     empty document or a top level that is not a mapping raises ``ValidationError``
     whose problem names ``source`` and, for syntax errors, the line and column.
     """
+    data = _load(text, source)
+    if data is None:
+        raise ValidationError([Problem(source, "the document is empty")])
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        message = (
+            f"the document's top level is a {kind}; write a mapping with name, "
+            "steps and the other template fields"
+        )
+        raise ValidationError([Problem(source, message)])
+    return data
+
+
+def _load(text: str | bytes, source: str) -> Any:
+    """Any YAML value, read with the rules above; errors as ``ValidationError``."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
@@ -172,7 +237,7 @@ def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str
             ) from None
 
     try:
-        data = yaml.load(text, Loader=_DocumentLoader)
+        return yaml.load(text, Loader=_DocumentLoader)
     except _TooLarge as err:
         raise ValidationError([Problem(source, str(err))]) from None
     except yaml.constructor.ConstructorError as err:
@@ -189,17 +254,6 @@ def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str
         message = f"the document is not valid YAML: {err}"
         raise ValidationError([Problem(source, message)]) from None
 
-    if data is None:
-        raise ValidationError([Problem(source, "the document is empty")])
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        message = (
-            f"the document's top level is a {kind}; write a mapping with name, "
-            "steps and the other template fields"
-        )
-        raise ValidationError([Problem(source, message)])
-    return data
-
 
 def _invalid_yaml(err: yaml.MarkedYAMLError, source: str) -> ValidationError:
     mark = err.problem_mark
@@ -207,3 +261,36 @@ def _invalid_yaml(err: yaml.MarkedYAMLError, source: str) -> ValidationError:
     what = err.problem or str(err)
     message = f"the document is not valid YAML at {where}: {what}"
     return ValidationError([Problem(source, message)])
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be read; the message names the file."""
+
+
+def parse_config(text: str | bytes, *, source: str) -> dict[str, Any]:
+    """Read a ``--config`` file with the rules of pipeline documents.
+
+    The same YAML 1.2 scalars (``no``, ``on``, ``010`` and ``1:30`` stay text; numbers
+    remember how they were written), the same refusal of a key written twice and of
+    tags, the same bounds. An empty file is no settings. Raises ``ConfigError`` naming
+    ``source`` and where in it the problem is.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not UTF-8 text ({err.reason})") from None
+    try:
+        data = _load(text, source)
+    except ValidationError as err:
+        message = "; ".join(p.message for p in err.problems)
+        message = message.replace("the document", "the file")
+        raise ConfigError(f"{source}: {message}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the file's top level is a {type(data).__name__}; write a "
+            "mapping of settings"
+        )
+    return data

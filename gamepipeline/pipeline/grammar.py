@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from .documents import written_text
+
 PROTOCOLS = ("tcp", "udp", "sctp")
 _PORT_HINT = "write [IP:][HOST[-END]:]CONTAINER[-END][/tcp|udp|sctp]"
 
@@ -258,6 +260,9 @@ def scalar_text(value: Any) -> str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    written = written_text(value)
+    if written is not None:
+        return written
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):

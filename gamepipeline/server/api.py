@@ -73,6 +73,8 @@ from gamepipeline.server.store import (
     PipelineRecord,
     StepRecord,
     Store,
+    labels_match,
+    labels_text,
 )
 from gamepipeline.server.submission import prepare, read_submission
 from gamepipeline.server.templates import TemplateCatalog, add_template_routes
@@ -172,6 +174,7 @@ def create_app(
                 [Problem("", "nested too deeply")],
             ) from None
         new = prepare(catalog.with_server_envs(submission))
+        _check_selector_fits_node(store, new.node_requested, new.document)
         pipeline_id = store.create_pipeline(new)
         dispatch.wake()
         location = f"/api/pipelines/{pipeline_id}"
@@ -180,6 +183,7 @@ def create_app(
 
     @app.get("/api/pipelines")
     def list_pipelines() -> Response:
+        _check_query(LIST_PARAMETERS)
         state = _state_filter(request.args.get("state"))
         limit = _limit(request.args.get("limit"))
         records = store.list_pipelines(
@@ -313,6 +317,58 @@ def _cancel_all_on(node_id: str, store: Store, dispatch: Dispatch) -> None:
             node_id,
             extra=ids(pipeline_id, node_id=node_id),
         )
+
+
+#: The query parameters ``GET /api/pipelines`` understands.
+LIST_PARAMETERS: Final = ("state", "node", "template", "limit")
+
+
+def _check_query(known: tuple[str, ...]) -> None:
+    """Refuse a query parameter the endpoint does not understand, or one given more
+    than once (as the submission does): a filter silently dropped or half-applied
+    answers the wrong list."""
+    problems = [
+        Problem(
+            key,
+            f"query parameter {key!r} is not understood; use {', '.join(known)}",
+        )
+        for key in request.args
+        if key not in known
+    ]
+    problems += [
+        Problem(key, "given more than once; give it once (one state a request)")
+        for key, values in request.args.lists()
+        if key in known and len(values) > 1
+    ]
+    if problems:
+        first = f"{problems[0].path}: {problems[0].message}"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidRequest(
+            f"the query parameters are not valid: {first}{more}", problems
+        )
+
+
+def _check_selector_fits_node(
+    store: Store, node_id: str | None, document: dict[str, Any]
+) -> None:
+    """Refuse a pipeline for a named, known node whose labels its ``node_selector``
+    cannot match: it would wait for ever. A node the server has not seen yet is left
+    to wait for it (its labels are not known)."""
+    selector = document.get("node_selector") or {}
+    if node_id is None or not selector:
+        return
+    try:
+        node = store.get_node(node_id)
+    except NotFound:
+        return
+    if labels_match(selector, node.labels):
+        return
+    message = (
+        f"the node_selector {labels_text(selector)} does not match node {node_id}, "
+        f"whose labels are {labels_text(node.labels)}; name a node that carries "
+        "them, or leave the node out to let any matching node take the pipeline"
+    )
+    raise Conflict(message, [Problem("node_selector", message)])
 
 
 def _error(message: str, problems: list[Problem] | None = None) -> Response:

@@ -71,6 +71,9 @@ from gamepipeline.server.store import (
     QueuedPipeline,
     StepRecord,
     Store,
+    labels_match,
+    labels_text,
+    mode_phrase,
 )
 from gamepipeline.wire import (
     HEARTBEAT_INTERVAL_SECONDS,
@@ -626,7 +629,8 @@ class Dispatcher:
             mode = closed.get(queued.node_requested)
             if mode is not None:
                 return None, (
-                    f"waiting for node {queued.node_requested}, which is {mode}, "
+                    f"waiting for node {queued.node_requested}, which is "
+                    f"{mode_phrase(mode)}, "
                     "to be put back in service"
                 )
             session = self._sessions.get(queued.node_requested)
@@ -641,7 +645,8 @@ class Dispatcher:
             if not _matches(selector, session.labels):
                 return None, (
                     f"waiting for node {session.node_id}, whose labels do not match "
-                    f"the node_selector {selector}"
+                    f"the node_selector {labels_text(selector)} (its labels: "
+                    f"{labels_text(session.labels)})"
                 )
             if self._free.free(session.node_id) <= 0:
                 return None, (
@@ -652,11 +657,7 @@ class Dispatcher:
         session = self._free.most_free(selector, closed)
         if session is not None:
             return session, ""
-        wanted = (
-            " labelled " + ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
-            if selector
-            else ""
-        )
+        wanted = " labelled " + labels_text(selector) if selector else ""
         return None, f"waiting for a connected node{wanted} in service with a free slot"
 
     def _resend(self, queued: QueuedPipeline) -> str | None:
@@ -740,7 +741,7 @@ def _stamp(ms: int) -> str:
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     """Whether a node with ``labels`` carries every label of ``selector``."""
-    return all(labels.get(key) == value for key, value in selector.items())
+    return labels_match(selector, labels)
 
 
 class _FreeSlots:

@@ -216,10 +216,14 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Submit a pipeline",
                 "description": "Args, envs and the node may also come as query "
-                "parameters arg.NAME=VALUE, env.NAME=VALUE and node=NODE_ID. "
+                "parameters arg.NAME=VALUE, env.NAME=VALUE and node=NODE_ID; an "
+                "arg or env there wins over the envelope's, a node there that "
+                "differs from the envelope's is answered 400. "
                 "The body is read as YAML or JSON whatever its Content-Type; one "
                 "sent as application/json that starts with { or [ and is not valid "
                 "JSON is answered 400 with the JSON error's line and column. "
+                "A pipeline for a named node the server knows whose labels its "
+                "node_selector cannot match is answered 409 naming both. "
                 "Needs the write scope.",
                 "security": _WRITE,
                 "parameters": [
@@ -236,11 +240,14 @@ def _paths() -> dict[str, Any]:
                     "201": _answer(
                         "Stored; the pipeline waits for a node.", "Submitted"
                     ),
-                    **_errors(400, 401, 403, 404, 413),
+                    **_errors(400, 401, 403, 404, 409, 413),
                 },
             },
             "get": {
                 "summary": "List pipelines, newest first",
+                "description": "Each filter is given at most once (one state a "
+                "request); a parameter given twice, or one not listed here, is "
+                "answered 400 naming it.",
                 "security": _READ,
                 "parameters": [
                     {

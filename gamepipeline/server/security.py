@@ -170,8 +170,16 @@ def load_security(
         agent_hashes=_agents(settings.get("agents")),
         api_callers=_api_callers(settings.get("api_tokens")),
         tls=_tls(settings.get("tls"), base or Path.cwd()),
-        insecure=insecure or bool(settings.get("insecure", False)),
+        insecure=insecure or _switch(settings.get("insecure", False), "insecure"),
     )
+
+
+def _switch(value: Any, where: str) -> bool:
+    """A true/false setting. Config files are read as YAML 1.2, where ``no`` and
+    ``off`` are text: taken as truthy they would open the server, so they are refused."""
+    if isinstance(value, bool):
+        return value
+    raise SecurityConfigError(f"{where}: {value!r} is not true or false; write one")
 
 
 def _checked_hash(value: Any, where: str) -> str:

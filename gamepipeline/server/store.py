@@ -1475,3 +1475,19 @@ def _log_outcome(
         detail,
         extra=ids(pipeline_id, step, node_id),
     )
+
+
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a node with ``labels`` carries every label of ``selector``."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """Labels or a selector as people write them: ``gpu=nvidia, region=eu``."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
+
+
+def mode_phrase(mode: NodeMode | str) -> str:
+    """A node's mode after "which is": ``in maintenance``, ``disabled``."""
+    value = mode.value if isinstance(mode, NodeMode) else str(mode)
+    return "in maintenance" if value == NodeMode.MAINTENANCE.value else value

@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gamepipeline.pipeline import bind, load_template, parse_document
+from gamepipeline.pipeline import bind, load_template, parse_document, written_text
+from gamepipeline.pipeline.documents import WrittenFloat, WrittenInt
 from gamepipeline.pipeline.errors import PipelineError, Problem, ValidationError
 from gamepipeline.server.errors import InvalidRequest
 from gamepipeline.server.store import NewPipeline
@@ -35,7 +36,7 @@ from gamepipeline.wire import node_id_problem
 
 log = logging.getLogger(__name__)
 
-ENVELOPE_KEYS: Final = ("pipeline", "args", "envs", "node")
+ENVELOPE_KEYS: Final = ("pipeline", "template", "args", "envs", "node")
 ARG_PREFIX: Final = "arg."
 #: Env values this long or longer are masked in error messages, as the agent masks them
 #: in step output (shorter ones, like a port, would blank out ordinary text).
@@ -117,6 +118,11 @@ def prepare(submission: Submission) -> NewPipeline:
         template = load_template(submission.document)
     except ValidationError as err:
         raise _invalid("the pipeline document is not valid", err.problems) from None
+    # A long number written in YAML passes the check above, as it may become the text
+    # of an env value; one the template keeps as a number must still fit SQLite.
+    unstorable = _unstorable({"pipeline": template.to_document()})
+    if unstorable:
+        raise _invalid("the submission holds text that cannot be stored", unstorable)
 
     left_to_node = [name for name in template.envs if name not in submission.envs]
     try:
@@ -186,7 +192,11 @@ def _unstorable(data: Any, path: str = "") -> list[Problem]:
         return [Problem(path, f"{data} is not a number a pipeline can use")]
     if isinstance(data, bool):
         return []
-    if isinstance(data, int) and abs(data) > _LARGEST_INTEGER:
+    if (
+        isinstance(data, int)
+        and abs(data) > _LARGEST_INTEGER
+        and written_text(data) is None
+    ):
         return [
             Problem(
                 path, f"{data} is too large a number; use at most {_LARGEST_INTEGER}"
@@ -214,10 +224,20 @@ def _masked(problem: Problem, envs: Mapping[str, str]) -> Problem:
     return Problem(problem.path, message)
 
 
+def load_json(body: bytes | str) -> Any:
+    """JSON whose numbers remember how they were written, as YAML's do: ``1.50`` in an
+    envelope's document or args reaches the container as ``1.50``, not ``1.5``."""
+    return json.loads(
+        body,
+        parse_int=lambda text: WrittenInt.of(int(text), text),
+        parse_float=lambda text: WrittenFloat.of(float(text), text),
+    )
+
+
 def _envelope(body: bytes) -> dict[str, Any] | None:
     """The body as an envelope, or None when it is a bare document."""
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(data, dict) and "pipeline" in data:
@@ -248,7 +268,11 @@ def _json_error(body: bytes) -> Problem | None:
 
 def _from_envelope(envelope: dict[str, Any]) -> Submission:
     problems = [
-        Problem(key, f"unknown envelope key {key!r}; use {', '.join(ENVELOPE_KEYS)}")
+        Problem(
+            key,
+            f"unknown envelope key {key!r}; use {', '.join(ENVELOPE_KEYS)} "
+            "(pipeline or template, not both)",
+        )
         for key in envelope
         if key not in ENVELOPE_KEYS
     ]
@@ -287,7 +311,7 @@ def _values(raw: Any, where: str) -> tuple[dict[str, str], list[Problem]]:
         if isinstance(value, bool):
             values[name] = "true" if value else "false"
         elif isinstance(value, str | int | float):
-            values[name] = str(value)
+            values[name] = written_text(value) or str(value)
         else:
             problems.append(
                 Problem(
@@ -299,6 +323,8 @@ def _values(raw: Any, where: str) -> tuple[dict[str, str], list[Problem]]:
 
 
 def _apply_query(submission: Submission, query: Mapping[str, str]) -> None:
+    """Add the query's args, envs and node to what the body gave. An arg or env in
+    both is the query's (an override); a node in both must be the same node."""
     problems: list[Problem] = []
     for key, value in query.items():
         if key.startswith(ARG_PREFIX) and len(key) > len(ARG_PREFIX):
@@ -308,6 +334,14 @@ def _apply_query(submission: Submission, query: Mapping[str, str]) -> None:
         elif key == "node":
             if not value:
                 problems.append(Problem("node", "node= is empty; give a node id"))
+            elif submission.node is not None and submission.node != value:
+                problems.append(
+                    Problem(
+                        "node",
+                        f"the query names node {value!r} and the body names node "
+                        f"{submission.node!r}; name the node in one place",
+                    )
+                )
             submission.node = value or None
         else:
             problems.append(

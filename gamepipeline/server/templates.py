@@ -32,9 +32,10 @@ from gamepipeline.pipeline import (
     ValidationError,
     load_template,
     parse_document,
+    written_text,
 )
 from gamepipeline.server.errors import InvalidRequest, NotFound, Problem
-from gamepipeline.server.submission import Submission, read_submission
+from gamepipeline.server.submission import Submission, load_json, read_submission
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class TemplateCatalog:
     def read(self, body: bytes, query: Mapping[str, str]) -> Submission | None:
         """A submission naming a template, or None when the body is something else."""
         try:
-            envelope = json.loads(body)
+            envelope = load_json(body)
         except (ValueError, UnicodeDecodeError):
             return None
         if not isinstance(envelope, dict) or TEMPLATE_KEY not in envelope:
@@ -152,6 +153,11 @@ class TemplateCatalog:
                 entry.problems,
             )
         envelope["pipeline"] = entry.template.to_document()
+        for part in ("args", "envs"):
+            # Read again from JSON below: a number keeps its text only as text.
+            values = envelope.get(part)
+            if isinstance(values, dict):
+                envelope[part] = {k: written_text(v) or v for k, v in values.items()}
         log.debug("submission from template %s", name)
         return read_submission(json.dumps(envelope).encode(), query)
 

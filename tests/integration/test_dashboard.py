@@ -133,6 +133,11 @@ def test_dashboard_submits_watches_cancels_and_shows_the_fleet(
     expect(page.locator("#pipeline h2 .badge")).to_have_attribute(
         "data-state", "completed", timeout=120_000
     )
+    # A finished pipeline has no cancel button, and nothing stands in its place
+    # (replaceChildren once showed the missing button as the text "null").
+    expect(page.locator("#cancel")).to_have_count(0)
+    head_text = page.locator("#pipeline").inner_text()
+    assert not re.search(r"\bnull\b", head_text), head_text
     output = page.locator("pre[data-output='0']")
     expect(output).to_contain_text("hello from the dashboard")
     expect(output).to_contain_text("token is ***")

@@ -58,7 +58,7 @@ def test_a_node_in_maintenance_takes_no_new_pipelines_until_enabled(
     peer.expect_nothing(within=1.5)
     waiting = api.pipeline(pipeline_id)
     assert waiting["state"] == "pending"
-    assert "node-a, which is maintenance" in waiting["message"]
+    assert "node-a, which is in maintenance, to be" in waiting["message"]
 
     assert node_action(api, "node-a", "enable").json()["state"] == "online"
     assert peer.expect("pipeline").id == pipeline_id
@@ -113,7 +113,11 @@ def test_disabling_a_node_cancels_what_it_runs_and_what_waits_for_it(
     peer.report(running, pb.PIPELINE_STATE_CANCELED, reason=pb.END_REASON_CANCELED)
     assert api.pipeline(running)["state"] == "canceled"
     later = api.submit(node="node-a")
-    eventually(lambda: _assert_in("disabled", api.pipeline(later)["message"]))
+    eventually(
+        lambda: _assert_in(
+            "node-a, which is disabled, to be", api.pipeline(later)["message"]
+        )
+    )
 
 
 def test_disabling_a_node_cancels_the_pipelines_queued_for_it(

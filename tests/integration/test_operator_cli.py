@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -153,6 +154,54 @@ def test_read_commands_answer_json_and_logs_show_masked_output(
     assert "sup3r-s3cret" not in logs.stdout + json.dumps(status)
 
 
+def _stored_output(server: Server, pipeline_id: str) -> str:
+    with sqlite3.connect(server.db_path) as conn:
+        rows = conn.execute(
+            "SELECT output_tail FROM steps WHERE pipeline_id = ? ORDER BY idx",
+            (pipeline_id,),
+        ).fetchall()
+    return str(rows[0][0] or "")
+
+
+def test_a_canceled_or_timed_out_step_keeps_the_last_lines_of_its_output(
+    server: Server, agent: Process, workdir: Path, cleanup_containers: list[str]
+) -> None:
+    """The container of a stopped step is removed; its output is read first."""
+    lines = ["echo start", "echo key=$KEY", "sleep 60"]
+    secret = ["--env", "API_KEY=sup3r-s3cret"]
+    canceled_doc = template(workdir / "canceled.json", *lines)
+    timed_out_doc = template(workdir / "timed.json", *lines, timeout="4s")
+
+    whole_doc = workdir / "whole.json"
+    whole = json.loads(Path(template(whole_doc, *lines)).read_text())
+    # The pipeline's own timeout; room for a cold start beside the other two.
+    whole_doc.write_text(json.dumps({**whole, "timeout": "15s"}))
+
+    canceled = json.loads(
+        cli(server, "submit", canceled_doc, *secret, "-o", "json").stdout
+    )["id"]
+    pipeline_timed_out = json.loads(
+        cli(server, "submit", str(whole_doc), *secret, "-o", "json").stdout
+    )["id"]
+    timed_out = cli(server, "submit", timed_out_doc, *secret, "--wait", "-o", "json")
+    assert timed_out.returncode == EXIT_TIMED_OUT, timed_out.stderr
+    timed_out_id = json.loads(timed_out.stdout)["id"]
+    # By now the first one has long been sleeping (it runs beside the other).
+    assert server.api.pipeline(canceled)["state"] == "running"
+    assert cli(server, "cancel", canceled).returncode == 0
+    assert server.api.wait(canceled, timeout=60)["state"] == "canceled"
+
+    final_whole = server.api.wait(pipeline_timed_out, timeout=60)
+    assert final_whole["reason"] == "timeout"
+
+    for pipeline_id in (canceled, timed_out_id, pipeline_timed_out):
+        logs = json.loads(cli(server, "logs", pipeline_id, "-o", "json").stdout)
+        assert logs[0]["output_tail"] == "start\nkey=***", (pipeline_id, logs)
+        assert _stored_output(server, pipeline_id) == "start\nkey=***"
+        shown = cli(server, "logs", pipeline_id).stdout
+        assert "start" in shown and "sup3r-s3cret" not in shown
+
+
 def test_node_command_puts_a_node_in_maintenance_and_back(
     server: Server, agent: Process, node_id: str
 ) -> None:
@@ -160,7 +209,7 @@ def test_node_command_puts_a_node_in_maintenance_and_back(
     table = cli(server, "nodes")
     back = cli(server, "node", node_id, "enable", "-o", "json")
 
-    assert into.stdout.strip() == f"node {node_id} is now maintenance"
+    assert into.stdout.strip() == f"node {node_id} is now in maintenance"
     assert "maintenance" in table.stdout
     assert json.loads(back.stdout)["state"] == "online"
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from gamepipeline.server.app import RunningServer
@@ -106,12 +107,39 @@ def test_selector_no_node_matches_waits_with_the_labels_shown(
     }
 
 
-def test_named_node_whose_labels_do_not_match_is_not_given_the_pipeline(
+def test_named_known_node_whose_labels_cannot_match_is_refused_at_submit(
     api: Api, node: Callable[..., AgentPeer]
 ) -> None:
-    named = node("node-plain", {"gpu": "none"})
+    named = node("node-plain", {"gpu": "none", "region": "eu"})
+    body = {"pipeline": SELECTED, "args": {"PORT": "8080"}, "envs": {"TOKEN": "t0k3n"}}
 
-    pipeline_id = api.submit(SELECTED, node="node-plain")
+    answer = requests.post(
+        api.url("/api/pipelines?node=node-plain"), json=body, timeout=5
+    )
 
-    waiting_for(api, pipeline_id, "node-plain", "do not match")
+    assert answer.status_code == 409, answer.text
+    error = answer.json()["error"]
+    assert "node_selector gpu=nvidia, region=eu" in error
+    assert "node-plain, whose labels are gpu=none, region=eu" in error
+    assert answer.json()["problems"][0]["path"] == "node_selector"
+    assert api.pipelines() == []
+    named.expect_nothing(within=0.5)
+
+
+def test_named_node_that_connects_later_with_other_labels_is_waited_for_by_selector(
+    api: Api, node: Callable[..., AgentPeer]
+) -> None:
+    """A node the server has not seen is waited for (as before); once it connects
+    without the selected labels, the message says which selector and which labels."""
+    pipeline_id = api.submit(SELECTED, node="node-late")
+    named = node("node-late", {"gpu": "none"})
+
+    waiting_for(
+        api,
+        pipeline_id,
+        "node-late",
+        "do not match the node_selector gpu=nvidia, region=eu",
+        "its labels: gpu=none",
+    )
+    assert "{" not in api.pipeline(pipeline_id)["message"]
     named.expect_nothing(within=1.0)

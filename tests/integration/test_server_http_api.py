@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -346,8 +347,22 @@ def _envelope(document: dict[str, Any], **extra: Any) -> str:
                 "steps": [{"name": "a", "container": {"image": "i"}}],
             },
             {},
-            "pipeline.timeout",
+            "timeout",  # refused by the field's own bound, naming it
             id="number-beyond-64-bits",
+        ),
+        pytest.param(
+            {
+                "name": "s",
+                "steps": [
+                    {
+                        "name": "a",
+                        "container": {"image": "i", "ulimits": {"nofile": 10**30}},
+                    }
+                ],
+            },
+            {},
+            "pipeline.steps[0].container.ulimits.nofile.soft",
+            id="number-beyond-64-bits-kept-as-a-number",
         ),
         pytest.param(
             {
@@ -465,3 +480,137 @@ def test_a_query_parameter_given_twice_answers_400_naming_it(api: Api) -> None:
     assert answer.status_code == 400, answer.text
     assert answer.json()["problems"][0]["path"] == "arg.PORT"
     assert api.pipelines() == []
+
+
+def test_long_and_written_numbers_in_a_yaml_environment_are_accepted_as_text(
+    api: Api, tmp_path: Path
+) -> None:
+    """A 20-digit number in ``environment`` is the text of an env value, not a number
+    SQLite must hold; the stored document keeps every number as it was written."""
+    document = (
+        "name: numbers\nsteps:\n  - name: s\n    container:\n      image: i\n"
+        "      environment: {BIG: 12345678901234567890, RATE: 1.50, MASK: 0x10}\n"
+    )
+    answer = post(api, document, **{"Content-Type": "application/yaml"})
+    assert answer.status_code == 201, answer.text
+
+    with sqlite3.connect(tmp_path / "server.db") as conn:
+        (stored,) = conn.execute(
+            "SELECT document FROM pipelines WHERE id = ?", (answer.json()["id"],)
+        ).fetchone()
+    environment = json.loads(stored)["steps"][0]["container"]["environment"]
+    assert environment == {
+        "BIG": "12345678901234567890",
+        "RATE": "1.50",
+        "MASK": "0x10",
+    }
+
+
+def test_a_long_number_where_a_number_is_meant_is_still_refused(api: Api) -> None:
+    document = (
+        "name: numbers\nsteps:\n  - name: s\n    container:\n      image: i\n"
+        "      ulimits: {nofile: 12345678901234567890}\n"
+    )
+    answer = post(api, document, **{"Content-Type": "application/yaml"})
+    assert answer.status_code == 400, answer.text
+    assert "too large a number" in answer.text
+    assert api.pipelines() == []
+
+
+# --- the query and the envelope ----------------------------------------------------------
+
+
+def test_a_node_named_by_the_query_and_another_by_the_envelope_answers_400(
+    api: Api,
+) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, node="nu-node2"),
+        "?node=nu-node1",
+        **{"Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "'nu-node1'" in error and "'nu-node2'" in error, error
+    assert answer.json()["problems"][0]["path"] == "node"
+    assert api.pipelines() == []
+
+
+def test_the_same_node_in_query_and_envelope_is_accepted(api: Api) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, node="nu-node1"),
+        "?node=nu-node1",
+        **{"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert api.pipeline(answer.json()["id"])["node_requested"] == "nu-node1"
+
+
+def test_an_unknown_envelope_key_lists_every_accepted_key(api: Api) -> None:
+    answer = post(
+        api,
+        _envelope(GAME_DOCUMENT, args={"PORT": "1"}, colour="red"),
+        **{"Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["problems"][0]["message"]
+    for key in ("pipeline", "template", "args", "envs", "node"):
+        assert key in message.split("; use ")[1], message
+
+
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        ("?foo=1", "foo"),
+        ("?state=running&stat=failed", "stat"),
+        ("?state=running&state=failed", "state"),
+        ("?node=a&node=b", "node"),
+    ],
+)
+def test_list_with_an_unknown_or_repeated_parameter_answers_400_naming_it(
+    api: Api, query: str, path: str
+) -> None:
+    api.submit()
+
+    answer = requests.get(api.url(f"/api/pipelines{query}"), timeout=5)
+
+    assert answer.status_code == 400, answer.text
+    assert [p["path"] for p in answer.json()["problems"]] == [path]
+    assert (
+        repr(path) in answer.json()["error"]
+        or "more than once" in answer.json()["error"]
+    )
+
+
+def test_the_openapi_document_says_list_parameters_come_once(api: Api) -> None:
+    document = requests.get(api.url("/api/openapi.json"), timeout=5).json()
+    listing = document["paths"]["/api/pipelines"]["get"]
+    assert "400" in listing["responses"]
+    assert "twice" in listing["description"]
+    state = next(p for p in listing["parameters"] if p["name"] == "state")
+    assert state["schema"]["enum"]  # one state, not an array
+
+
+def test_numbers_in_a_json_envelope_keep_their_text(api: Api, tmp_path: Path) -> None:
+    body = (
+        '{"pipeline": {"name": "n", "args": ["RATE"], "steps": [{"name": "s", '
+        '"container": {"image": "i", "environment": {"A": 1.50, "B": 1e3, '
+        '"C": 12345678901234567890, "R": "${{ args.RATE }}"}}}]}, '
+        '"args": {"RATE": 2.50}}'
+    )
+    answer = post(api, body, **{"Content-Type": "application/json"})
+    assert answer.status_code == 201, answer.text
+    pipeline_id = answer.json()["id"]
+
+    assert api.pipeline(pipeline_id)["args"] == {"RATE": "2.50"}
+    with sqlite3.connect(tmp_path / "server.db") as conn:
+        (stored,) = conn.execute(
+            "SELECT document FROM pipelines WHERE id = ?", (pipeline_id,)
+        ).fetchone()
+    environment = json.loads(stored)["steps"][0]["container"]["environment"]
+    assert environment["A"] == "1.50"
+    assert environment["B"] == "1e3"
+    assert environment["C"] == "12345678901234567890"

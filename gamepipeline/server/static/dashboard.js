@@ -64,8 +64,14 @@ function showError(err) {
   box.hidden = false;
 }
 
+// replaceChildren shows a null or undefined child as the text "null"/"undefined":
+// every view fills its nodes through this, which leaves such children out.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
 function render(...children) {
-  document.getElementById("view").replaceChildren(...children);
+  fill(document.getElementById("view"), ...children);
 }
 
 function poll(refresh, everyMs) {
@@ -151,12 +157,12 @@ function fleetView() {
       api("/api/nodes"),
       api(`/api/pipelines?${query}`),
     ]);
-    nodesBody.replaceChildren(...nodes.nodes.map(nodeRow));
+    fill(nodesBody, ...nodes.nodes.map(nodeRow));
     if (!filterSlot.firstChild || filterSlot.dataset.nodes !== nodes.nodes.map((n) => n.node_id).join()) {
       filterSlot.dataset.nodes = nodes.nodes.map((n) => n.node_id).join();
-      filterSlot.replaceChildren(filterBar(nodes.nodes, () => { clearTimeout(timer); poll(refresh, FLEET_POLL_MS); }));
+      fill(filterSlot, filterBar(nodes.nodes, () => { clearTimeout(timer); poll(refresh, FLEET_POLL_MS); }));
     }
-    pipelinesBody.replaceChildren(...pipelines.pipelines.map(pipelineRow));
+    fill(pipelinesBody, ...pipelines.pipelines.map(pipelineRow));
   };
   render(
     el("section", { id: "nodes" }, el("h2", {}, "Nodes"),
@@ -202,7 +208,7 @@ function pipelineView(id) {
   };
   poll(async () => {
     const p = await api(`/api/pipelines/${id}`);
-    head.replaceChildren(
+    fill(head,
       el("h2", {}, `${p.name} `, badge(p.state)),
       el("dl", { class: "facts" },
         el("dt", {}, "id"), el("dd", { class: "mono" }, p.id),
@@ -216,7 +222,7 @@ function pipelineView(id) {
       FINAL.has(p.state) ? null
         : el("p", {}, el("button", { id: "cancel", class: "danger", onclick: cancel,
           disabled: p.cancel_requested }, p.cancel_requested ? "Canceling…" : "Cancel pipeline")));
-    stepsBody.replaceChildren(...p.steps.flatMap(stepRows));
+    fill(stepsBody, ...p.steps.flatMap(stepRows));
     return !FINAL.has(p.state);
   }, PIPELINE_POLL_MS);
 }
@@ -279,12 +285,12 @@ async function submitView() {
   select.addEventListener("change", () => {
     if (select.value === DOCUMENT) {
       description.textContent = "Any pipeline document, as `POST /api/pipelines` takes it.";
-      fields.replaceChildren(...documentFields());
+      fill(fields, ...documentFields());
       return;
     }
     const chosen = templates.find((t) => t.name === select.value);
     description.textContent = chosen ? chosen.description || "" : unlisted;
-    fields.replaceChildren(...(chosen ? [
+    fill(fields, ...(chosen ? [
       ...(chosen.args || []).map((a) => field("args", a, false)),
       ...(chosen.envs || []).map((e) => field("envs", e, true)),
     ] : []));

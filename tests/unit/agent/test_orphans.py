@@ -114,3 +114,24 @@ def test_unmarked_process_working_in_a_leftover_data_dir_is_an_orphan(
 def test_identity_of_a_live_process_names_it_and_of_a_gone_one_is_empty() -> None:
     assert process_identity(os.getpid()).startswith(f"{os.getpid()}:")
     assert process_identity(int(gone_agent().partition(":")[0])) == ""
+
+
+def test_the_log_names_a_spare_as_such_and_a_run_by_its_pipeline(
+    started: list[subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spare ansible-playbook waits with an empty pipeline id: the log says what it
+    was rather than "pipeline ?"."""
+    agent = gone_agent()
+    spare = sleeper(started, markers(NODE, "", agent))
+    run = sleeper(started, markers(NODE, "p-run", agent))
+
+    with caplog.at_level("WARNING", logger="gamepipeline.agent.orphans"):
+        kill_orphans(NODE)
+
+    assert spare.wait(5) == -9 and run.wait(5) == -9
+    lines = caplog.messages
+    assert any(
+        f"group {spare.pid} of a spare ansible-playbook" in line for line in lines
+    ), lines
+    assert any(f"group {run.pid} of pipeline p-run" in line for line in lines), lines
+    assert not any("pipeline ?" in line for line in lines), lines

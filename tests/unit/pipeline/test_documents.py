@@ -76,3 +76,59 @@ def test_a_key_written_twice_is_an_error_naming_both_lines() -> None:
     message = str(caught.value)
     assert "'commands' is written twice (first on line 4)" in message
     assert "line 5" in message
+
+
+@pytest.mark.parametrize(
+    "written", ["1.50", "0x10", "0o17", "1_000", "1e3", "+5", ".5"]
+)
+def test_an_environment_number_reaches_the_container_as_written(written: str) -> None:
+    from gamepipeline.pipeline import load_template
+
+    text = (
+        "name: n\nsteps:\n  - name: s\n    container:\n      image: i\n"
+        f"      environment:\n        VALUE: {written}\n        BIG: 12345678901234567890\n"
+    )
+    environment = load_template(text).to_document()["steps"][0]["container"][
+        "environment"
+    ]
+    assert environment == {"VALUE": written, "BIG": "12345678901234567890"}
+
+
+def test_numbers_stay_numbers_where_a_number_is_meant() -> None:
+    data = parse_document("a: 0x10\nb: 1.50\n")
+    assert data == {"a": 16, "b": 1.5}
+    assert isinstance(data["a"], int) and isinstance(data["b"], float)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("labels: {country: no, rack: 010, slot: 1:30}\n", {"country": "no", "rack": "010", "slot": "1:30"}),
+        ("envs: {FLAG: on, LEVEL: 0777}\n", {"FLAG": "on", "LEVEL": "0777"}),
+        ("", None),
+    ],
+)  # fmt: skip
+def test_a_config_file_is_read_with_the_rules_of_documents(
+    text: str, expected: dict[str, str] | None
+) -> None:
+    from gamepipeline.pipeline import parse_config
+
+    data = parse_config(text, source="agent.yaml")
+    assert (next(iter(data.values())) if data else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: 1\na: 2\n", "agent.yaml: the file is not valid YAML at line 2"),
+        ("a: !!python/name:os.system x\n", "agent.yaml: the file uses a tag"),
+        ("- a\n", "agent.yaml: the file's top level is a list"),
+        ("a: [\n", "agent.yaml: the file is not valid YAML"),
+    ],
+)
+def test_a_bad_config_file_is_refused_naming_it(text: str, expected: str) -> None:
+    from gamepipeline.pipeline import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="agent.yaml")
+    assert str(caught.value).startswith(expected), str(caught.value)

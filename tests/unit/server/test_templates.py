@@ -180,3 +180,16 @@ def test_a_broken_template_is_listed_with_its_problems_and_refused(
 def test_without_a_folder_no_template_is_served(tmp_path: Path) -> None:
     client = client_for(tmp_path, None)
     assert client.get("/api/templates").get_json() == {"templates": []}
+
+
+def test_a_number_given_as_a_template_s_arg_keeps_its_text(
+    tmp_path: Path, shipped: Path
+) -> None:
+    client = client_for(tmp_path, shipped, {"BEAGLE_WIND_ROOT": "/srv/wind"})
+    body = '{"template": "instance-recycle", "args": {"INSTANCE": 1.50}}'
+
+    answer = client.post("/api/pipelines", data=body)
+
+    assert answer.status_code == 201, answer.get_json()
+    stored = client.get(f"/api/pipelines/{answer.get_json()['id']}").get_json()
+    assert stored["args"] == {"INSTANCE": "1.50"}
