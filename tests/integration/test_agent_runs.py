@@ -17,6 +17,7 @@ import pytest
 from gamepipeline.agent.app import AgentConfig, RunningAgent, start_agent
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from tests.integration.agent_peer import Peer, RecordingServicer
+from tests.integration.reliability import marked_processes
 
 pytestmark = pytest.mark.docker
 
@@ -222,23 +223,6 @@ def _playbook_pids(data_dir: Path) -> list[int]:
     return pids
 
 
-def _run_processes(data_dir: Path) -> list[int]:
-    """Live processes carrying the run's own marker (``orphans.RUN_ENV``): its
-    ansible-playbook, the workers that left its session, Mitogen's interpreters."""
-    marker = f"GAMEPIPELINE_RUN={data_dir.name}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -336,7 +320,7 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     assert run.data_dir is not None
     playbook_pids = _playbook_pids(run.data_dir)
     assert playbook_pids
-    assert _run_processes(run.data_dir)
+    assert marked_processes("GAMEPIPELINE_RUN", run.data_dir.name)
 
     started = time.monotonic()
     servicer.send(
@@ -354,7 +338,7 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     assert "player left" in final.message
     assert elapsed < 20, f"cancel took {elapsed:.1f}s"
     assert not any(_alive(p) for p in playbook_pids)
-    assert _run_processes(run.data_dir) == []
+    assert marked_processes("GAMEPIPELINE_RUN", run.data_dir.name) == []
     assert labelled(engine, pid) == []
     assert step_states(servicer, pid, 0) == [
         pb.STEP_STATE_RUNNING,

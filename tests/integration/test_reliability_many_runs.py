@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from .reliability import (
     EngineEvents,
     launch_agent,
     launch_server,
+    marked_processes,
     node_state,
     remove_named,
     wait_until,
@@ -213,12 +215,7 @@ def test_an_agent_configured_without_a_spare_keeps_none_and_still_runs(
     )
     try:
         wait_until(lambda: node_state(server, node_id) == "online", 30, "agent online")
-        short = yaml.safe_dump(
-            {"name": "short", "steps": [
-                {"name": "tick", "container": {"image": IMAGE, "commands": ["true"]}}]}
-        )  # fmt: skip
-        pipeline_id = server.api.submit(short, node=node_id)
-        assert server.api.wait(pipeline_id, timeout=120)["state"] == "completed"
+        _run_a_short_pipeline(server, node_id)
         spares = tmp_path / "agent-work" / "spares"
         assert not spares.exists() or list(spares.iterdir()) == []
         assert "started a spare" not in agent.log.read_text()
@@ -230,19 +227,21 @@ def test_an_agent_configured_without_a_spare_keeps_none_and_still_runs(
 def _mitogen_processes(node_id: str) -> list[int]:
     """Mitogen's interpreters started for ``node_id``'s playbooks (by the markers in
     their environment, as ``agent/orphans.py`` finds them)."""
-    marker = f"GAMEPIPELINE_NODE_ID={node_id}".encode()
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in environ and b"(mitogen:" in cmdline:
-            found.append(int(entry.name))
+    for pid in marked_processes("GAMEPIPELINE_NODE_ID", node_id):
+        with contextlib.suppress(OSError):
+            if b"(mitogen:" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
     return found
+
+
+def _run_a_short_pipeline(server: Server, node_id: str) -> None:
+    short = yaml.safe_dump(
+        {"name": "short", "steps": [
+            {"name": "tick", "container": {"image": IMAGE, "commands": ["true"]}}]}
+    )  # fmt: skip
+    pipeline_id = server.api.submit(short, node=node_id)
+    assert server.api.wait(pipeline_id, timeout=120)["state"] == "completed"
 
 
 @pytest.mark.parametrize("mitogen", [True, False], ids=["mitogen", "no-mitogen"])
@@ -270,12 +269,7 @@ def test_the_spare_warms_mitogen_up_unless_configured_off(
         spare_dir = next((tmp_path / "agent-work" / "spares").iterdir())
         playbook = (spare_dir / "project" / "main.yml").read_text()
         assert ("gamepipeline warms up" in playbook) is mitogen
-        short = yaml.safe_dump(
-            {"name": "short", "steps": [
-                {"name": "tick", "container": {"image": IMAGE, "commands": ["true"]}}]}
-        )  # fmt: skip
-        pipeline_id = server.api.submit(short, node=node_id)
-        assert server.api.wait(pipeline_id, timeout=120)["state"] == "completed"
+        _run_a_short_pipeline(server, node_id)
     finally:
         agent.stop(signal.SIGTERM)
         server.stop(signal.SIGTERM)
