@@ -8,6 +8,12 @@ that works for one node (the agent) gives its id once to ``setup_logging``.
 
 In JSON each line is ``{"time", "level", "logger", "message", ...ids, "error"?}``; plain
 text keeps the ids inside the sentence, as the messages already name them.
+
+Messages carry text from outside (a template's names, a node's labels, what an agent
+reported, a step's output), so every message is made ``printable`` in both formats: a
+line break in a value cannot start a forged log line, and an escape sequence cannot
+recolour the terminal that shows the log. A traceback keeps its lines (it is ours), its
+control characters shown the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
+
+from gamepipeline.terminal import printable
 
 FORMATS: Final = ("text", "json")
 ID_FIELDS: Final = ("pipeline_id", "step", "node_id")
@@ -50,6 +58,24 @@ def bound(**values: Any) -> Iterator[None]:
         _bound.reset(token)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` lines; the message on one line, tracebacks on their own."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # ``format`` has just set ``record.message`` for this line; others set it anew.
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return printable(super().formatException(ei), lines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return printable(super().formatStack(stack_info), lines=True)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the ids the record carries or the context bound."""
 
@@ -64,7 +90,7 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": printable(record.getMessage()),
             **self._static,
             **(_bound.get() or {}),
         }
@@ -73,7 +99,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 line[field] = value
         if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
+            line["error"] = printable(self.formatException(record.exc_info), lines=True)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
@@ -90,7 +116,7 @@ def setup_logging(
     if log_format == "json":
         handler.setFormatter(JsonFormatter(static))
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import yaml
 
-from .errors import Problem, ValidationError
+from .errors import Problem, ValidationError, join_path
 
 #: Values a document may hold once its aliases are expanded. A real template holds a
 #: few hundred; this leaves room for generated ones and stops a bomb in milliseconds.
@@ -72,8 +72,12 @@ class _DocumentLoader(yaml.SafeLoader):
     is the octal 83, and ``yes``/``no``/``on``/``off`` are booleans. Here those scalars
     stay the strings they look like, as YAML 1.2 and Docker Compose read them; only
     ``true``/``false`` are booleans and a number with a leading zero is text. A key
-    written twice in one mapping is an error rather than the last one silently winning.
+    written twice in one mapping is an error rather than the last one silently winning;
+    the error names the key's whole path (``steps[1].container.environment.FOO``).
     """
+
+    #: The document being built, for the path of a key written twice.
+    _root: yaml.Node | None = None
 
     def construct_yaml_int(self, node: Any) -> Any:
         value = super().construct_yaml_int(node)
@@ -88,10 +92,11 @@ class _DocumentLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, str | int | float | bool) and key in seen:
+                path = join_path(_path_to(self._root, node), _key_text(key_node))
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping",
                     node.start_mark,
-                    f"the key {key!r} is written twice (first on line "
+                    f"the key {path} is written twice (first on line "
                     f"{seen[key].line + 1}); keep one",
                     key_node.start_mark,
                 )
@@ -116,6 +121,7 @@ class _DocumentLoader(yaml.SafeLoader):
         if node is None:
             return None
         _check_expansion(node)
+        self._root = node
         return self.construct_document(node)
 
 
@@ -149,6 +155,42 @@ def _check_expansion(root: yaml.Node) -> None:
         open_nodes.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node))
+
+
+def _path_to(root: yaml.Node | None, target: yaml.Node) -> str:
+    """The path of ``target`` below ``root`` (``steps[1].container``), in the notation
+    of ``Problem``; the first one found when aliases put it in several places.
+
+    Walked only when a problem is found, so a good document costs nothing."""
+    if root is None:
+        return ""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            children = [
+                (child, join_path(path, index))
+                for index, child in enumerate(node.value)
+            ]
+        elif isinstance(node, yaml.MappingNode):
+            children = [
+                (value, join_path(path, _key_text(key))) for key, value in node.value
+            ]
+        else:
+            children = []
+        stack.extend(reversed(children))  # the first place in the document wins
+    return ""
+
+
+def _key_text(key: yaml.Node) -> str:
+    """A mapping key as written; a key that is itself a list or mapping as ``?``."""
+    return str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

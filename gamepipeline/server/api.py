@@ -14,7 +14,9 @@ Routes:
 - ``GET /api/nodes``: ``{"nodes": [...]}`` with each node's state and load;
   ``GET /api/nodes/<id>``: one of them. A node's ``state`` is ``disabled`` or
   ``maintenance`` when an operator put it there, else ``online`` or ``offline``;
-  ``connected`` says whether its agent is there either way.
+  ``connected`` says whether its agent is there either way. ``refused_registration``
+  is the last agent turned away because another held the node (null once it got in,
+  or if none was; kept in memory only, so a server restart forgets it).
 - ``POST /api/nodes/<id>/maintenance``: the node takes no new pipelines and finishes
   what it runs. ``POST /api/nodes/<id>/disable``: the same, and its pending and running
   pipelines are canceled. ``POST /api/nodes/<id>/enable``: back in service. Each
@@ -52,6 +54,7 @@ from werkzeug.exceptions import HTTPException
 from gamepipeline import __version__
 from gamepipeline.logs import ids
 from gamepipeline.pipeline.states import PipelineState
+from gamepipeline.server.dispatcher import RefusedRegistration
 from gamepipeline.server.errors import (
     Conflict,
     Forbidden,
@@ -96,11 +99,13 @@ MAX_LIST_LIMIT: Final = 1000
 
 
 class Dispatch(Protocol):
-    """What the API asks of the dispatcher; both calls are safe from any thread."""
+    """What the API asks of the dispatcher; every call is safe from any thread."""
 
     def wake(self) -> None: ...
 
     def cancel_on_node(self, pipeline_id: str, node_id: str) -> None: ...
+
+    def refused_registration(self, node_id: str) -> RefusedRegistration | None: ...
 
 
 def http_status(error: ServerError) -> int:
@@ -214,14 +219,17 @@ def create_app(
     @app.get("/api/nodes")
     def list_nodes() -> Response:
         load = store.active_counts()
-        return jsonify(
-            {"nodes": [_node(n, load.get(n.node_id, 0)) for n in store.list_nodes()]}
-        )
+        nodes = [
+            _node(n, load.get(n.node_id, 0), dispatch.refused_registration(n.node_id))
+            for n in store.list_nodes()
+        ]
+        return jsonify({"nodes": nodes})
 
     @app.get("/api/nodes/<node_id>")
     def show_node(node_id: str) -> Response:
         node = store.get_node(node_id)
-        return jsonify(_node(node, store.active_counts().get(node_id, 0)))
+        active = store.active_counts().get(node_id, 0)
+        return jsonify(_node(node, active, dispatch.refused_registration(node_id)))
 
     @app.post("/api/nodes/<node_id>/<action>")
     def change_node(node_id: str, action: str) -> Response:
@@ -235,7 +243,8 @@ def create_app(
         if mode is NodeMode.DISABLED:
             _cancel_all_on(node_id, store, dispatch)
         dispatch.wake()  # a node back in service may take queued pipelines
-        return jsonify(_node(node, store.active_counts().get(node_id, 0)))
+        active = store.active_counts().get(node_id, 0)
+        return jsonify(_node(node, active, dispatch.refused_registration(node_id)))
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -461,7 +470,9 @@ def _step(step: StepRecord) -> dict[str, Any]:
     }
 
 
-def _node(node: NodeRecord, active: int) -> dict[str, Any]:
+def _node(
+    node: NodeRecord, active: int, refused: RefusedRegistration | None
+) -> dict[str, Any]:
     return {
         "node_id": node.node_id,
         "hostname": node.hostname,
@@ -477,4 +488,18 @@ def _node(node: NodeRecord, active: int) -> dict[str, Any]:
         "connected_at": _time(node.connected_at_ms),
         "last_heartbeat_at": _time(node.last_heartbeat_ms),
         "offline_since": _time(node.offline_since_ms),
+        "refused_registration": _refused(refused),
+    }
+
+
+def _refused(refused: RefusedRegistration | None) -> dict[str, Any] | None:
+    if refused is None:
+        return None
+    return {
+        "instance_id": refused.instance_id or None,
+        "hostname": refused.hostname or None,
+        "pid": refused.pid or None,
+        "peer": refused.peer or None,
+        "refused_at": _time(refused.at_ms),
+        "count": refused.count,
     }

@@ -22,7 +22,9 @@ pipeline ending) and once a second in any case:
 - a node has one agent: while its stream is live (not ended, a heartbeat within
   ``offline_after``), a registration of its node id by another agent (another
   ``AgentInstance.instance_id``) is refused with ``NodeTaken``, naming the holder, and
-  changes nothing; the holder's own reconnect replaces its stream;
+  changes nothing; the holder's own reconnect replaces its stream. The last refusal of
+  each node is kept in memory for the operator (``refused_registration``) until the
+  refused agent gets in;
 - an agent that just started says so (its registration carries the labelled containers
   on its engine): each pipeline the node holds and the agent does not list fails at
   once with the reason ``agent_restarted``, naming the step cut short, and the answer
@@ -31,7 +33,8 @@ pipeline ending) and once a second in any case:
   ``FORGOTTEN_AFTER_HEARTBEATS`` of them (``_settle_forgotten``).
 
 Other threads (the HTTP API) reach the dispatcher only through ``wake``,
-``cancel_on_node`` and ``connected_count``, which are safe to call from any thread.
+``cancel_on_node``, ``connected_count`` and ``refused_registration``, which are safe to
+call from any thread.
 
 Nothing here waits for the disk on the event loop: the store's writer thread commits,
 in groups, and the coroutines here await it. What the dispatcher tells a node follows
@@ -113,6 +116,23 @@ class StreamEnd:
     detail: str
 
 
+@dataclass(frozen=True)
+class RefusedRegistration:
+    """The last registration of a node refused because another agent held it.
+
+    ``count`` is how many were refused since the node's record began, whichever agent
+    sent them; the other fields are the last one's. ``peer`` is the address gRPC saw
+    (``ipv4:10.0.0.7:52344``), ``at_ms`` the time of the refusal (the store's clock).
+    """
+
+    instance_id: str
+    hostname: str
+    pid: int
+    peer: str
+    at_ms: int
+    count: int
+
+
 class AgentSession:
     """One registered stream: the queue of messages for it and what it told us."""
 
@@ -172,6 +192,8 @@ class Dispatcher:
         self._sessions: dict[str, AgentSession] = {}
         #: One lock per node id, held while a registration of that node is attached.
         self._attaching: dict[str, asyncio.Lock] = {}
+        #: The last refused registration of each node, until the refused agent gets in.
+        self._refused: dict[str, RefusedRegistration] = {}
         self._free = _FreeSlots(self._sessions)
         #: Heartbeat times (ms) not yet written, by node.
         self._beats: dict[str, int] = {}
@@ -194,6 +216,11 @@ class Dispatcher:
     def connected_count(self) -> int:
         """How many agents have an open stream now."""
         return len(self._sessions)
+
+    def refused_registration(self, node_id: str) -> RefusedRegistration | None:
+        """The last registration of ``node_id`` refused while another agent held it;
+        None once the refused agent got in, or if none was."""
+        return self._refused.get(node_id)
 
     # the loop
 
@@ -224,14 +251,17 @@ class Dispatcher:
 
     # sessions
 
-    async def attach(self, registration: pb.AgentRegistration) -> AgentSession:
+    async def attach(
+        self, registration: pb.AgentRegistration, peer: str = ""
+    ) -> AgentSession:
         """Register a node's new stream, ending the one it replaces.
 
         A node has one agent: while its stream is live, another agent's registration
-        is refused (``_check_holder``) before anything is recorded. A registration
-        with an inventory comes from an agent that just started: what it does not list
-        is settled before the answer, which names the found containers to remove
-        (``_settle_restart``).
+        is refused (``_check_holder``) before anything is recorded in the store; the
+        refusal is noted for the operator (``refused_registration``), with ``peer``,
+        the address the stream came from. A registration with an inventory comes from
+        an agent that just started: what it does not list is settled before the
+        answer, which names the found containers to remove (``_settle_restart``).
 
         Raises:
             NodeTaken: another agent's stream holds the node and is live.
@@ -241,8 +271,24 @@ class Dispatcher:
         # once cannot both pass the check below.
         lock = self._attaching.setdefault(node_id, asyncio.Lock())
         async with lock:
-            self._check_holder(registration)
+            try:
+                self._check_holder(registration)
+            except NodeTaken:
+                self._note_refusal(registration, peer)
+                raise
             return await self._attach(registration)
+
+    def _note_refusal(self, registration: pb.AgentRegistration, peer: str) -> None:
+        node_id = registration.node_id
+        before = self._refused.get(node_id)
+        self._refused[node_id] = RefusedRegistration(
+            instance_id=registration.instance.instance_id,
+            hostname=registration.hostname,
+            pid=registration.instance.pid,
+            peer=peer,
+            at_ms=self._store.now_ms(),
+            count=(before.count if before else 0) + 1,
+        )
 
     def _check_holder(self, registration: pb.AgentRegistration) -> None:
         """Refuse a registration while another agent's stream holds the node.
@@ -312,6 +358,9 @@ class Dispatcher:
         session = AgentSession(registration, self._store.now_ms())
         self._sessions[node_id] = session
         self._free.changed(node_id)
+        refused = self._refused.get(node_id)
+        if refused and refused.instance_id == registration.instance.instance_id:
+            del self._refused[node_id]  # the refused agent got in: nothing to show
         log.info(
             "node %s registered (host %s, capacity %d, agent %s, running %s)",
             node_id,

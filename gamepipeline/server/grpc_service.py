@@ -8,8 +8,9 @@ The contract is ``proto/gamepipeline.proto``; this module keeps its promises.
   answer is ``registered``; then ``pipeline`` and ``cancel`` messages come as the
   dispatcher decides and each ``heartbeat`` is answered with ``heartbeat_ack``. While a
   node's stream is live, another agent registering with its node id is refused with
-  ALREADY_EXISTS naming the agent that holds it; the holder's own re-registration (same
-  instance id) replaces its old stream, which ends with ABORTED. A stream whose
+  ALREADY_EXISTS naming the agent that holds it (and the node's view in the HTTP API
+  shows the refusal); the holder's own re-registration (same instance id) replaces its
+  old stream, which ends with ABORTED. A stream whose
   heartbeats stop ends with UNAVAILABLE. When the stream ends for any reason the node
   is marked offline (unless a newer stream took its place).
 
@@ -139,7 +140,7 @@ class PipelineService(pb_grpc.GamePipelineGRPCServiceServicer):
                     f"the token of node {allowed} cannot register node "
                     f"{registration.node_id}; give each agent its own node's token"
                 )
-            session = await self._dispatcher.attach(registration)
+            session = await self._dispatcher.attach(registration, context.peer())
         except ServerError as err:
             log.warning("refused a stream from %s: %s", context.peer(), err.message)
             await context.abort(grpc_status(err), err.message)

@@ -162,6 +162,20 @@ SCHEMAS: Final[dict[str, Any]] = {
             "connected_at": _TIME,
             "last_heartbeat_at": _TIME,
             "offline_since": _TIME,
+            "refused_registration": {
+                "description": "The last agent refused because another held the "
+                "node; null once it got in, or if none was. Kept in memory only.",
+                "type": ["object", "null"],
+                "required": ["refused_at", "count"],
+                "properties": {
+                    "instance_id": _TEXT_OR_NULL,
+                    "hostname": _TEXT_OR_NULL,
+                    "pid": {"type": ["integer", "null"]},
+                    "peer": _TEXT_OR_NULL,
+                    "refused_at": _TIME,
+                    "count": {"type": "integer"},
+                },
+            },
         },
     },
     "NodeList": {

@@ -98,7 +98,7 @@ def _agent_with(config: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("labels:\n  rack: 1\n  rack: 2\n", "the key 'rack' is written twice"),
+        ("labels:\n  rack: 1\n  rack: 2\n", "the key labels.rack is written twice"),
         ("envs: !!python/object:os.system {}\n", "tag"),
         ("labels: {rack: [1, 2]}\n", "labels.rack"),
         ("envs: {LEVEL: }\n", "envs.LEVEL has no value"),
@@ -131,7 +131,7 @@ def test_a_server_config_with_a_key_twice_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert str(config) in result.stderr
-    assert "'FLAG' is written twice" in result.stderr
+    assert "line 3, column 3: the key envs.FLAG is written twice" in result.stderr
 
 
 @pytest.mark.parametrize("written", ["no", "off", "yes", "1"])

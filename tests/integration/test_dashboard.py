@@ -20,7 +20,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from gamepipeline.proto import gamepipeline_pb2 as pb
+from gamepipeline.server.app import start_server
+
 from .conftest import ROOT, Process, Server
+from .server_peer import eventually, peer_factory
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
@@ -235,3 +239,43 @@ def test_dashboard_submits_a_shipped_template_through_the_form_built_from_its_ar
         assert not leftover.exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_dashboard_shows_an_agent_refused_for_a_node_another_holds(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The fleet's node row says which agent was turned away and how often, as the
+    API's node view does; the note goes once that agent gets in."""
+    holder_instance = pb.AgentInstance(instance_id="holder", pid=4242)
+    second_instance = pb.AgentInstance(instance_id="second", pid=5151)
+    running = start_server(db_path=tmp_path / "server.db", offline_after_seconds=3)
+    context = browser.new_context(base_url=f"http://127.0.0.1:{running.http_port}")
+    try:
+        with peer_factory(running) as peers:
+            holder = peers("node-r")
+            holder.register(instance=holder_instance)
+            for _ in range(2):
+                with pytest.raises(AssertionError):
+                    peers("node-r").register(instance=second_instance)
+
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.goto("/")
+            note = page.locator("tr[data-node='node-r'] .refused")
+            expect(note).to_have_attribute("data-refused", "2")
+            expect(note).to_contain_text(
+                "another agent (host node-r.test, pid 5151) refused 2 times, last "
+            )
+            assert (note.get_attribute("title") or "").startswith(
+                "instance second from ipv4:127.0.0.1:"
+            )
+
+            holder.close()
+            eventually(lambda: peers("node-r").register(instance=second_instance))
+            page.reload()
+            row = page.locator("tr[data-node='node-r']")
+            expect(row.locator(".badge")).to_have_attribute("data-state", "online")
+            expect(row.locator(".refused")).to_have_count(0)
+    finally:
+        context.close()
+        running.stop()

@@ -13,10 +13,13 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import requests
 import yaml
 
 from gamepipeline.proto import gamepipeline_pb2 as pb
@@ -24,6 +27,7 @@ from gamepipeline.server.app import RunningServer
 
 from .conftest import Process, Server, gamepipeline_command, start_agent
 from .server_peer import AgentPeer, Api, PeerFactory, eventually, peer_factory, start
+from .test_api_contract import check_answer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,6 +137,62 @@ def test_an_agent_whose_holder_closed_its_stream_gets_in_at_once(
     eventually(registers, timeout=2)
     assert time.monotonic() - started < 2
     assert api.nodes()["node-a"]["state"] == "online"
+
+
+def _node_answer(api: Api, node_id: str) -> dict[str, Any]:
+    """The node as ``GET /api/nodes/<id>`` shows it, checked against the OpenAPI
+    description the server serves."""
+    answer = requests.get(api.url(f"/api/nodes/{node_id}"), timeout=5)
+    description = requests.get(api.url("/api/openapi.json"), timeout=5).json()
+    check_answer(
+        description, "/api/nodes/{node_id}", "get", answer.status_code, answer.json()
+    )
+    node: dict[str, Any] = answer.json()
+    assert api.nodes()[node_id] == node  # the list shows the same
+    return node
+
+
+def test_a_refused_registration_shows_on_the_node_until_the_refused_agent_gets_in(
+    server: RunningServer, peers: Callable[[str], AgentPeer]
+) -> None:
+    """The operator sees in the API what only the refused agent's log said: which
+    agent was turned away, from where, when, and how often."""
+    api = Api(server)
+    holder = peers("node-a")
+    holder.register(instance=HOLDER)
+    assert _node_answer(api, "node-a")["refused_registration"] is None
+
+    started = datetime.now(UTC)
+    for _ in range(2):
+        refused = peers("node-a")
+        with pytest.raises(AssertionError):
+            refused.register(instance=SECOND)
+        assert refused.end_code == grpc.StatusCode.ALREADY_EXISTS
+
+    node = _node_answer(api, "node-a")
+    shown = node["refused_registration"]
+    assert node["state"] == "online", node
+    assert shown["instance_id"] == "second", shown
+    assert (shown["hostname"], shown["pid"], shown["count"]) == ("node-a.test", 5151, 2)
+    assert shown["peer"].startswith("ipv4:127.0.0.1:"), shown
+    refused_at = datetime.fromisoformat(shown["refused_at"])
+    assert started - timedelta(seconds=1) <= refused_at <= datetime.now(UTC), shown
+
+    # The holder's own reconnect is not the refused agent getting in.
+    holder.close()
+    holder = peers("node-a")
+    holder.register(instance=HOLDER)
+    assert _node_answer(api, "node-a")["refused_registration"] == shown
+
+    # The holder goes away; the refused agent's next try gets the node and the
+    # refusal is history.
+    holder.close()
+
+    def registers() -> None:
+        peers("node-a").register(instance=SECOND)
+
+    eventually(registers, timeout=2)
+    assert _node_answer(api, "node-a")["refused_registration"] is None
 
 
 # --- real agent processes ---------------------------------------------------------------

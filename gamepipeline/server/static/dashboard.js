@@ -110,11 +110,23 @@ function nodeRow(node) {
   return el("tr", { "data-node": node.node_id },
     el("td", { class: "mono" }, node.node_id, el("div", { class: "muted" }, node.hostname)),
     el("td", {}, badge(node.state),
-      node.mode !== "active" ? el("div", { class: "muted" }, node.connected ? "connected" : "not connected") : null),
+      node.mode !== "active" ? el("div", { class: "muted" }, node.connected ? "connected" : "not connected") : null,
+      refusedNote(node.refused_registration)),
     el("td", {}, labels || "–"),
     el("td", {}, `${node.active_pipelines} / ${node.capacity}`),
     el("td", {}, when(node.last_heartbeat_at)),
     el("td", {}, actions));
+}
+
+// A second agent that registered for this node while another held it, as the
+// server last saw it; null once that agent got in.
+function refusedNote(refused) {
+  if (!refused) return null;
+  const agent = `host ${refused.hostname || "unknown"}, pid ${refused.pid ?? "unknown"}`;
+  const times = refused.count === 1 ? "once" : `${refused.count} times`;
+  return el("div", { class: "refused", "data-refused": refused.count,
+      title: `instance ${refused.instance_id || "unknown"} from ${refused.peer || "unknown"}` },
+    `another agent (${agent}) refused ${times}, last ${when(refused.refused_at)}`);
 }
 
 function pipelineRow(p) {

@@ -74,8 +74,61 @@ def test_a_key_written_twice_is_an_error_naming_both_lines() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_document(document)
     message = str(caught.value)
-    assert "'commands' is written twice (first on line 4)" in message
+    assert "the key steps[0].commands is written twice (first on line 4)" in message
     assert "line 5" in message
+
+
+GAME_TEMPLATE = """\
+name: game
+steps:
+  - name: download
+    container:
+      image: busybox
+  - name: game
+    container:
+      image: game-server
+      environment:
+        FOO: "1"
+        BAR: "2"
+        FOO: "3"
+"""
+
+
+def test_a_key_written_twice_deep_in_a_template_names_its_path_file_and_line() -> None:
+    """The whole path, not the key alone: FOO could be in any step's environment."""
+    with pytest.raises(ValidationError) as caught:
+        parse_document(GAME_TEMPLATE, source="game.yaml")
+    [problem] = caught.value.problems
+    assert str(problem) == (
+        "game.yaml: the document is not valid YAML at line 12, column 9: the key "
+        "steps[1].container.environment.FOO is written twice (first on line 10); "
+        "keep one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "line"),
+    [
+        ('{"steps": [{"name": "a"}, {"name": "b", "name": "c"}]}', "steps[1].name", 1),
+        ("a:\n  - [x, {k: 1, k: 2}]\n", "a[0][1].k", 2),
+        ("0x10: a\n16: b\n", "16", 2),  # the same number written two ways
+        ("base: &b\n  k: 1\nuse: [*b]\nother:\n  k: 1\n  k: 2\n", "other.k", 6),
+    ],
+)
+def test_the_path_of_a_key_written_twice_follows_lists_flow_and_json(
+    text: str, path: str, line: int
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_document(text)
+    message = caught.value.problems[0].message
+    assert f"at line {line}, " in message and f"the key {path} is written" in message
+
+
+def test_a_key_written_twice_inside_an_anchor_is_named_where_it_is_written() -> None:
+    text = "defaults: &d\n  image: a\n  image: b\nsteps:\n  - container: *d\n"
+    with pytest.raises(ValidationError) as caught:
+        parse_document(text)
+    assert "the key defaults.image is written twice" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +168,24 @@ def test_a_config_file_is_read_with_the_rules_of_documents(
 
     data = parse_config(text, source="agent.yaml")
     assert (next(iter(data.values())) if data else None) == expected
+
+
+def test_a_key_written_twice_deep_in_a_config_file_names_its_path_file_and_line() -> (
+    None
+):
+    from gamepipeline.pipeline import ConfigError, parse_config
+
+    text = (
+        "capacity: 2\n"
+        "labels:\n  gpu: rtx4090\n  rack: r1\n  gpu: a100\n"
+        "policy:\n  mount_paths: [/data]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="/etc/gamepipeline/agent.yaml")
+    assert str(caught.value) == (
+        "/etc/gamepipeline/agent.yaml: the file is not valid YAML at line 5, column 3: "
+        "the key labels.gpu is written twice (first on line 3); keep one"
+    )
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,9 @@ class Recorder:
     def cancel_on_node(self, pipeline_id: str, node_id: str) -> None:
         raise AssertionError("no cancel here")
 
+    def refused_registration(self, node_id: str) -> None:
+        return None
+
 
 def client_for(
     tmp_path: Path, folder: Path | None, envs: dict[str, str] | None = None
