@@ -556,7 +556,8 @@ def cancel(pipeline_id: str, output: str, server_url: str, token: str | None) ->
 @output_option
 @api_options
 def nodes(output: str, server_url: str, token: str | None) -> None:
-    """List the nodes: state, labels, load and last heartbeat."""
+    """List the nodes: state, labels, load and last heartbeat, and under them any
+    agent refused because another agent holds its node."""
     client = _client(server_url, token)
     found = _call(server_url, client.nodes)
     if output == "json":
@@ -575,7 +576,30 @@ def nodes(output: str, server_url: str, token: str | None) -> None:
             _when(node["last_heartbeat_at"]),
             _shown(node["agent_version"] or "-"),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for node in found:
+        if node.get("refused_registration"):
+            console.print(_refusal(node["node_id"], node["refused_registration"]))
+
+
+def _refusal(node_id: str, refused: dict[str, Any]) -> Text:
+    """The line that says a second agent tried to take a node: two agents are
+    configured with one node id, and only the first gets pipelines."""
+    count = refused["count"]
+    times = "once" if count == 1 else f"{count} times"
+    agent = (
+        f"host {refused.get('hostname') or 'unknown'}, "
+        f"pid {refused.get('pid') or 'unknown'}, "
+        f"from {refused.get('peer') or 'unknown'}"
+    )
+    return Text(
+        printable(
+            f"node {node_id}: another agent ({agent}) was refused {times}, last "
+            f"{_when(refused.get('refused_at'))}; give each agent its own node id"
+        ),
+        style="yellow",
+    )
 
 
 @click.command()

@@ -10,6 +10,7 @@ and a second agent on the same work dir refuses to start.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -177,6 +178,18 @@ def test_a_refused_registration_shows_on_the_node_until_the_refused_agent_gets_i
     assert shown["peer"].startswith("ipv4:127.0.0.1:"), shown
     refused_at = datetime.fromisoformat(shown["refused_at"])
     assert started - timedelta(seconds=1) <= refused_at <= datetime.now(UTC), shown
+    listed = subprocess.run(
+        [*gamepipeline_command(), "nodes"],
+        env=dict(os.environ, GAMEPIPELINE_URL=api.base, COLUMNS="300"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert (
+        "node node-a: another agent (host node-a.test, pid 5151, from "
+        f"{shown['peer']}) was refused 2 times"
+    ) in listed, listed
 
     # The holder's own reconnect is not the refused agent getting in.
     holder.close()
