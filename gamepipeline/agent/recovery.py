@@ -40,6 +40,7 @@ from gamepipeline.agent.markers import ActiveRuns
 from gamepipeline.agent.orphans import kill_orphans
 from gamepipeline.agent.reporter import Reporter
 from gamepipeline.agent.runner import ContainerJanitor
+from gamepipeline.agent.spare import clear_temp_dirs
 from gamepipeline.proto import gamepipeline_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def settle_interrupted_runs(
 
         if data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
+            clear_temp_dirs(Path(data_dir).name)
         _remove_unfinished_containers(pid, step, marker, janitor)
 
         why = (
@@ -143,7 +145,7 @@ def clear_leftover_dirs(folder: Path, node_id: str) -> None:
 
     Called when the agent starts, before any run of its own: what is there is a
     previous agent's (its waiting spare, or a run whose end it had reported and
-    whose dir it had not yet removed).
+    whose dir it had not yet removed). Each one's TMPDIR goes with it.
     """
     if not folder.is_dir():
         return
@@ -151,3 +153,4 @@ def clear_leftover_dirs(folder: Path, node_id: str) -> None:
     kill_orphans(node_id, tuple(str(path) for path in leftovers))
     for leftover in leftovers:
         shutil.rmtree(leftover, ignore_errors=True)
+        clear_temp_dirs(leftover.name)

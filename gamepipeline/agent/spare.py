@@ -10,7 +10,11 @@ its tasks file (whole, by a rename) and reads the spare's events as its own.
 
 A spare is used once: its data dir, temp dirs and artifacts belong to the one run that
 took it and are removed with it (F9), and nothing of a pipeline is in it before the
-hand-over. The next spare starts as soon as one is taken (and when a run ends, if
+hand-over. Its ``TMPDIR`` is a dir of its own under the system's temp dir (short, since
+Mitogen makes its Unix socket there and a socket's path may not pass 107 bytes), named
+after the data dir so that a later agent finds it (``clear_temp_dirs``): a playbook
+killed on a cancel or at the agent's stop leaves its socket behind, and it goes with
+the dir. The next spare starts as soon as one is taken (and when a run ends, if
 none is waiting). A run that finds no spare waiting (a burst of pipelines, or none
 kept) starts one of its own, cold, with the tasks file written before it starts: the
 same playbook, whose wait returns at once. A spare still starting is taken all the
@@ -31,6 +35,7 @@ import queue
 import secrets
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +96,19 @@ _WARM_UP = """\
 """
 
 
+def temp_dir_prefix(run: str) -> str:
+    """How the name of the TMPDIR of the run in data dir ``run`` begins: the data
+    dir's name, cut to its last 48 characters (it ends in random ones) so that the
+    socket's path stays short whatever the pipeline id."""
+    return f"gamepipeline-{run[-48:]}-"
+
+
+def clear_temp_dirs(run: str) -> None:
+    """Remove the TMPDIR a run in data dir ``run`` left behind (its agent died)."""
+    for leftover in Path(tempfile.gettempdir()).glob(f"{temp_dir_prefix(run)}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def mitogen_env() -> dict[str, str]:
     """The environment that makes ansible-playbook run its modules through Mitogen.
 
@@ -142,6 +160,8 @@ class Spare:
         (data_dir / "project").mkdir(parents=True, mode=0o700)
         (data_dir / "tmp").mkdir(mode=0o700)
         os.chmod(data_dir, 0o700)
+        #: The run's TMPDIR (mode 0700, from ``mkdtemp``).
+        self.temp_dir = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(data_dir.name)))
         (data_dir / "project" / "main.yml").write_text(
             _PLAYBOOK.format(
                 warm_up="".join(
@@ -212,6 +232,7 @@ class Spare:
         if self.thread is not None:
             self.thread.join(wait)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def runner_options(self) -> dict[str, Any]:
         """ansible-runner's options for this spare (also what benchmarks run)."""
@@ -232,6 +253,7 @@ class Spare:
                 "ANSIBLE_LOCAL_TEMP": tmp,
                 "ANSIBLE_REMOTE_TEMP": tmp,
                 "ANSIBLE_HOME": tmp,
+                "TMPDIR": str(self.temp_dir),
                 "MAX_EVENT_RES": str(MAX_EVENT_RESULT_CHARS),
                 **action_plugins_env(),
                 **(mitogen_env() if self._mitogen else {}),

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,6 +27,8 @@ from typing import Any
 
 import docker
 import pytest
+
+from gamepipeline.agent.spare import temp_dir_prefix
 
 from .conftest import PIPELINE_LABEL, Process, Server, gamepipeline_command
 
@@ -181,6 +184,21 @@ def marked_processes(key: str, value: str) -> list[int]:
             continue
         found.append(int(entry.name))
     return found
+
+
+def run_temp_dirs(work_dir: Path) -> list[Path]:
+    """The TMPDIRs of the runs and spares whose data dirs are in an agent's work dir."""
+    names = [
+        entry.name
+        for folder in ("runs", "spares")
+        if (work_dir / folder).is_dir()
+        for entry in (work_dir / folder).iterdir()
+    ]
+    return [
+        path
+        for name in names
+        for path in Path(tempfile.gettempdir()).glob(f"{temp_dir_prefix(name)}*")
+    ]
 
 
 def process_marker(pid: int, key: str) -> str:

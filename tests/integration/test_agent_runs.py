@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import docker
 import pytest
 
 from gamepipeline.agent.app import AgentConfig, RunningAgent, start_agent
+from gamepipeline.agent.spare import temp_dir_prefix
 from gamepipeline.proto import gamepipeline_pb2 as pb
 from tests.integration.agent_peer import Peer, RecordingServicer
 from tests.integration.reliability import marked_processes
@@ -321,6 +323,12 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     playbook_pids = _playbook_pids(run.data_dir)
     assert playbook_pids
     assert marked_processes("GAMEPIPELINE_RUN", run.data_dir.name)
+    # Its TMPDIR holds Mitogen's socket, which the kill leaves behind.
+    temp_dirs = list(
+        Path(tempfile.gettempdir()).glob(f"{temp_dir_prefix(run.data_dir.name)}*")
+    )
+    assert len(temp_dirs) == 1
+    assert list(temp_dirs[0].glob("mitogen_unix_*.sock"))
 
     started = time.monotonic()
     servicer.send(
@@ -340,6 +348,10 @@ def test_cancel_during_a_long_step_stops_the_playbook_and_removes_the_container(
     assert not any(_alive(p) for p in playbook_pids)
     assert marked_processes("GAMEPIPELINE_RUN", run.data_dir.name) == []
     assert labelled(engine, pid) == []
+    deadline = time.monotonic() + 10
+    while temp_dirs[0].exists() or run.data_dir.exists():
+        assert time.monotonic() < deadline, "the run's dirs were not removed"
+        time.sleep(0.1)
     assert step_states(servicer, pid, 0) == [
         pb.STEP_STATE_RUNNING,
         pb.STEP_STATE_FAILED,

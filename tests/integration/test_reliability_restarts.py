@@ -41,6 +41,7 @@ from .reliability import (
     node_state,
     process_marker,
     remove_named,
+    run_temp_dirs,
     running_names,
     wait_until,
 )
@@ -186,10 +187,14 @@ def test_agent_killed_mid_step_fails_the_run_naming_the_step_and_removes_its_con
         "the script step's container",
     )
     wait_step_running(server, pipeline_id)
+    # The run's TMPDIR holds Mitogen's socket, which a SIGKILL leaves behind.
+    temp_dirs = run_temp_dirs(tmp_path / "agent-work")
+    assert [path for path in temp_dirs if list(path.glob("mitogen_unix_*.sock"))]
 
     agent.stop(signal.SIGKILL)
     wait_until(lambda: node_state(server, node_id) == "offline", 10, "node offline")
     assert server.api.pipeline(pipeline_id)["state"] == "running"
+    assert all(path.is_dir() for path in temp_dirs)
 
     restarted = launch_agent(tmp_path, server.grpc_address, node_id)
     processes.append(restarted)
@@ -204,6 +209,7 @@ def test_agent_killed_mid_step_fails_the_run_naming_the_step_and_removes_its_con
     )
     assert "during step 0" in shown["message"], shown
     assert node_state(server, node_id) == "online"
+    assert [path for path in temp_dirs if path.exists()] == []
 
 
 def test_server_and_agent_killed_mid_step_settle_once_both_are_back(
