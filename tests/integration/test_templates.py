@@ -49,7 +49,7 @@ from .conftest import ROOT, Process, Server, free_port, start_agent, start_serve
 pytestmark = pytest.mark.docker
 
 PIPELINES = ROOT / "pipelines"
-ORIGINALS = ROOT.parent / "shared" / "testdata" / "original"
+ORIGINALS = ROOT / "tests" / "data" / "original"
 BUCKET = "beaglewind"
 ACCESS_KEY, SECRET_KEY = "test-access", "test-secret"
 NODE_ROOT_ENV = "BEAGLE_WIND_ROOT"

@@ -20,7 +20,7 @@ from gamepipeline.cli_api import _ago, pipelines_table, status, steps_view
 from gamepipeline.client import ApiClient
 
 ROOT = Path(__file__).resolve().parents[2]
-ORIGINALS = ROOT.parent / "shared" / "testdata" / "original"
+ORIGINALS = ROOT / "tests" / "data" / "original"
 
 BAD = """\
 name: broken
@@ -36,7 +36,9 @@ steps:
 
 def test_validate_accepts_the_shipped_and_original_templates() -> None:
     files = [str(p) for p in sorted((ROOT / "pipelines").glob("*.yaml"))]
-    files += [str(p) for p in sorted(ORIGINALS.glob("*.yaml"))]
+    originals = sorted(ORIGINALS.glob("*.yaml"))
+    assert [p.name for p in originals] == ["start-platform.yaml", "test-pipeline.yaml"]
+    files += [str(p) for p in originals]
 
     result = CliRunner().invoke(main, ["validate", *files])
 

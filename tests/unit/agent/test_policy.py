@@ -12,7 +12,7 @@ from gamepipeline.pipeline import bind, load_template, parse_document
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "pipelines").glob("*.yaml")) + sorted(
-    Path("/work/shared/testdata/original").glob("*.yaml")
+    (ROOT / "tests" / "data" / "original").glob("*.yaml")
 )
 
 
