@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def sleeper(
         start_new_session=True,
     )
     procs.append(proc)
+    # Popen returns once the child is inside exec, before the kernel has set up the
+    # new program's environment: a scan at that moment reads it empty.
+    environ = Path("/proc") / str(proc.pid) / "environ"
+    deadline = time.monotonic() + 5
+    while not environ.read_bytes():
+        assert time.monotonic() < deadline, f"{argv} has no environment yet"
+        time.sleep(0.001)
     return proc
 
 
