@@ -126,34 +126,6 @@ class ContainerJanitor:
             parts.append(raw.decode("utf-8", errors="replace"))
         return "".join(parts)
 
-    def remove_stopped(self, pipeline_id: str, names: list[str]) -> list[str]:
-        """Remove the named containers of ``pipeline_id`` that are not running (a
-        step that failed left them created or exited); returns the names removed.
-
-        A running one is kept, and so is one that starts meanwhile: removal is not
-        forced, so the engine refuses it.
-        """
-        import docker.errors
-
-        removed = []
-        for container in self._list(pipeline_id):
-            if container.name not in names or container.status == "running":
-                continue
-            try:
-                container.remove(v=True)
-            except docker.errors.NotFound:
-                continue
-            except docker.errors.APIError as err:
-                log.warning(
-                    "pipeline %s: kept container %s: %s",
-                    pipeline_id,
-                    container.name,
-                    err,
-                )
-                continue
-            removed.append(container.name)
-        return removed
-
     def inventory(self) -> list[pb.FoundContainer]:
         """Every container on the engine that carries the pipeline label, whoever's
         pipeline it belongs to, from one listing."""
@@ -596,13 +568,15 @@ class PipelineRun:
 
     def _remove_failed_step_containers(self, step: int, info: PlayInfo) -> None:
         """A step that failed may leave its container created but never started (a
-        device it could not get, a port in use) or exited: remove it, if this
-        pipeline made it and it is not running."""
+        device it could not get, a port in use), exited, or running but unhealthy
+        (its healthcheck failed): remove it, if this pipeline made it. A failed
+        pipeline holds no GPU and no port; what its probe said is in the step's
+        message already."""
         names = info.containers.get(step, [])
         if not names:
             return
         try:
-            removed = self._janitor.remove_stopped(self.pipeline_id, names)
+            removed = self._janitor.remove(self.pipeline_id, names)
         except Exception:
             log.exception(
                 "pipeline %s: could not remove the containers of failed step %d",

@@ -17,7 +17,14 @@ import docker
 import pytest
 import yaml
 
-from .conftest import ROOT, Process, Server, free_port, unique_container_names
+from .conftest import (
+    PIPELINE_LABEL,
+    ROOT,
+    Process,
+    Server,
+    free_port,
+    unique_container_names,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -323,8 +330,10 @@ def test_design_example_as_written_fails_fast_where_the_engine_lacks_a_gpu(
 
 
 def test_service_that_turns_unhealthy_fails_its_step_with_the_probe_output(
-    server: Server, agent: Process, node_id: str
+    server: Server, agent: Process, node_id: str, docker_client: docker.DockerClient
 ) -> None:
+    """The probe's output is in the step's message, and the unhealthy container does
+    not stay running (a failed game must not hold its GPU and ports)."""
     document = {
         "name": "unhealthy",
         "steps": [
@@ -351,6 +360,10 @@ def test_service_that_turns_unhealthy_fails_its_step_with_the_probe_output(
     message = final["steps"][0]["message"]
     assert "did not become healthy" in message
     assert "no display found" in message
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"{PIPELINE_LABEL}={pipeline_id}"}
+    )
+    assert left == [], [(c.name, c.status) for c in left]
 
 
 def test_a_failing_step_with_a_lot_of_output_keeps_its_exit_code_and_last_lines(
