@@ -226,12 +226,25 @@ def _masked(problem: Problem, envs: Mapping[str, str]) -> Problem:
 
 def load_json(body: bytes | str) -> Any:
     """JSON whose numbers remember how they were written, as YAML's do: ``1.50`` in an
-    envelope's document or args reaches the container as ``1.50``, not ``1.5``."""
+    envelope's document or args reaches the container as ``1.50``, not ``1.5``.
+
+    A key written twice in one object raises ``ValueError``, as it is an error in a
+    YAML document: the caller then reads the body as a document, whose reading names
+    the key's path and line (``node is written twice``), rather than the last one
+    silently winning."""
     return json.loads(
         body,
         parse_int=lambda text: WrittenInt.of(int(text), text),
         parse_float=lambda text: WrittenFloat.of(float(text), text),
+        object_pairs_hook=_unique_keys,
     )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        raise ValueError("a key is written twice in one object")
+    return found
 
 
 def _envelope(body: bytes) -> dict[str, Any] | None:

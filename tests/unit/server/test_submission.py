@@ -92,3 +92,31 @@ def test_malformed_submission_names_the_place(
         read_submission(body, query)
 
     assert path in [p.path for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (
+            b'{"pipeline": {"name": "g", "steps": []}, "node": "n1", "node": "n2"}',
+            "the key node is written twice (first on line 1)",
+        ),
+        (
+            b'{"pipeline": {"name": "g", "steps": [{"name": "s", "container": {\n'
+            b'  "image": "img",\n'
+            b'  "environment": {"FOO": "1",\n'
+            b'                  "FOO": "2"}}}]}}',
+            "the key pipeline.steps[0].container.environment.FOO is written twice "
+            "(first on line 3)",
+        ),
+    ],
+    ids=["envelope", "document-in-envelope"],
+)
+def test_a_key_written_twice_in_a_json_body_is_refused_by_its_path(
+    body: bytes, named: str
+) -> None:
+    """As in YAML: the last one does not silently win (the node, an env value)."""
+    with pytest.raises(InvalidRequest) as caught:
+        read_submission(body, {})
+
+    assert named in str(caught.value), caught.value
