@@ -465,9 +465,9 @@ def validate(files: tuple[str, ...]) -> None:
             failed = True
         except ValidationError as err:
             for problem in err.problems:
-                click.echo(
-                    f"{name}:{printable(problem.path)}: {printable(problem.message)}"
-                )
+                # A problem with the whole document is placed at the file itself.
+                where = "" if problem.path in ("", name) else f":{problem.path}"
+                click.echo(f"{name}{printable(where)}: {printable(problem.message)}")
             failed = True
     sys.exit(1 if failed else 0)
 

@@ -259,9 +259,8 @@ def parse_document(text: str | bytes, *, source: str = "<document>") -> dict[str
     if data is None:
         raise ValidationError([Problem(source, "the document is empty")])
     if not isinstance(data, dict):
-        kind = type(data).__name__
         message = (
-            f"the document's top level is a {kind}; write a mapping with name, "
+            f"the document's top level is {_kind(data)}; write a mapping with name, "
             "steps and the other template fields"
         )
         raise ValidationError([Problem(source, message)])
@@ -332,7 +331,20 @@ def parse_config(text: str | bytes, *, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{source}: the file's top level is a {type(data).__name__}; write a "
-            "mapping of settings"
+            f"{source}: the file's top level is {_kind(data)}; write a mapping of "
+            "settings"
         )
     return data
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the words of a template's author."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a piece of text"
+    if isinstance(value, list):
+        return "a list"
+    return "not a mapping"

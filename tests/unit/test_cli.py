@@ -71,6 +71,21 @@ def test_validate_prints_file_path_message_lines_and_exits_non_zero(
     )
 
 
+def test_validate_names_the_file_once_for_a_problem_of_the_whole_document(
+    tmp_path: Path,
+) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: a\nname: b\nsteps: []\n")
+
+    result = CliRunner().invoke(main, ["validate", str(twice)])
+
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"{twice}: the document is not valid YAML at line 2, column 1: the key name "
+        "is written twice"
+    ), result.output
+
+
 def test_validate_names_a_file_it_cannot_read(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
 

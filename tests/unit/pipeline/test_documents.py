@@ -23,9 +23,20 @@ def test_syntax_error_names_line_and_column() -> None:
     assert "line 3" in problem.message and "column" in problem.message
 
 
-def test_top_level_list_is_an_error() -> None:
-    with pytest.raises(ValidationError, match="top level is a list"):
-        parse_document("- a\n- b\n")
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("- a\n- b\n", "a list"),
+        ('"just text"\n', "a piece of text"),
+        ("42\n", "a number"),
+        ("true\n", "true or false"),
+    ],
+)
+def test_a_top_level_that_is_not_a_mapping_is_named_in_plain_words(
+    text: str, kind: str
+) -> None:
+    with pytest.raises(ValidationError, match=f"top level is {kind};"):
+        parse_document(text)
 
 
 def test_empty_document_is_an_error() -> None:
