@@ -480,9 +480,9 @@ class PipelineRun:
         if cleanup is not None:
             # Its output goes with the containers: keep its last lines first.
             translator.capture_output(cleanup)
-            self._remove_step_containers(cleanup, info)
+            self._remove_step_containers(cleanup, info, killed=True)
         elif translator.failed_step is not None:
-            self._remove_failed_step_containers(translator.failed_step, info)
+            self._remove_step_containers(translator.failed_step, info, killed=False)
         self._send(translator.finish(outcome, detail=self._stop_detail, output=output))
         log.info("pipeline %s: run ended %s", pid, outcome.value)
 
@@ -566,42 +566,26 @@ class PipelineRun:
         except Exception:
             return []
 
-    def _remove_failed_step_containers(self, step: int, info: PlayInfo) -> None:
-        """A step that failed may leave its container created but never started (a
-        device it could not get, a port in use), exited, or running but unhealthy
-        (its healthcheck failed): remove it, if this pipeline made it. A failed
-        pipeline holds no GPU and no port; what its probe said is in the step's
-        message already."""
-        names = info.containers.get(step, [])
-        if not names:
-            return
-        try:
-            removed = self._janitor.remove(self.pipeline_id, names)
-        except Exception:
-            log.exception(
-                "pipeline %s: could not remove the containers of failed step %d",
-                self.pipeline_id,
-                step,
-            )
-            return
-        if removed:
-            log.info(
-                "pipeline %s: removed containers %s of failed step %d",
-                self.pipeline_id,
-                removed,
-                step,
-            )
+    def _remove_step_containers(
+        self, step: int, info: PlayInfo, *, killed: bool
+    ) -> None:
+        """Remove the containers ``step`` made for this pipeline, whatever their state.
 
-    def _remove_step_containers(self, step: int, info: PlayInfo) -> None:
+        A step stopped mid-way (``killed``: a cancel, a timeout) may have a create or
+        start in flight that lands a moment after the kill, so it is looked at twice.
+        A step that failed may leave its container created but never started (a
+        device it could not get, a port in use), exited, or running but unhealthy:
+        a failed pipeline holds no GPU and no port, and what its probe said is in the
+        step's message already.
+        """
         names = info.containers.get(step, [])
         if not names:
             return
         try:
-            # A create or start the killed module had in flight may land a moment
-            # after the kill; look twice.
             removed = self._janitor.remove(self.pipeline_id, names)
-            time.sleep(1.0)
-            removed += self._janitor.remove(self.pipeline_id, names)
+            if killed:
+                time.sleep(1.0)
+                removed += self._janitor.remove(self.pipeline_id, names)
         except Exception:
             log.exception(
                 "pipeline %s: could not remove the containers of step %d",
@@ -609,9 +593,10 @@ class PipelineRun:
                 step,
             )
             return
-        log.info(
-            "pipeline %s: removed containers %s of step %d",
-            self.pipeline_id,
-            removed,
-            step,
-        )
+        if removed:
+            log.info(
+                "pipeline %s: removed containers %s of step %d",
+                self.pipeline_id,
+                removed,
+                step,
+            )

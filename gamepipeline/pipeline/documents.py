@@ -338,13 +338,13 @@ def parse_config(text: str | bytes, *, source: str) -> dict[str, Any]:
 
 
 def _kind(value: Any) -> str:
-    """What a YAML value is, in the words of a template's author."""
+    """What a YAML value is, in the words the validation messages use (``loading``)."""
     if isinstance(value, bool):
         return "true or false"
     if isinstance(value, int | float):
         return "a number"
     if isinstance(value, str):
-        return "a piece of text"
+        return "text"
     if isinstance(value, list):
         return "a list"
     return "not a mapping"

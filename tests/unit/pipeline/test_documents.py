@@ -27,7 +27,7 @@ def test_syntax_error_names_line_and_column() -> None:
     ("text", "kind"),
     [
         ("- a\n- b\n", "a list"),
-        ('"just text"\n', "a piece of text"),
+        ('"just text"\n', "text"),
         ("42\n", "a number"),
         ("true\n", "true or false"),
     ],
