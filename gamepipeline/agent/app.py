@@ -22,13 +22,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from gamepipeline.agent.config import AgentConfig
 from gamepipeline.agent.connection import AgentError, Connection, FatalConnectionError
@@ -44,6 +43,7 @@ from gamepipeline.agent.runner import ContainerJanitor, PipelineRun
 from gamepipeline.agent.spare import SparePool
 from gamepipeline.logs import ids
 from gamepipeline.proto import gamepipeline_pb2 as pb
+from gamepipeline.stop_signals import StopSignals
 
 __all__ = [
     "AgentConfig",
@@ -457,24 +457,13 @@ def run_agent(config: AgentConfig) -> None:
             credentials, an unsupported protocol version, another agent with this node
             id); retrying would not help.
     """
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info(
-            "node %s: received signal %s", config.node_id, signal.Signals(signum).name
-        )
-        stop.set()
-
-    previous = {
-        sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
-    agent = start_agent(config)
-    try:
-        while not stop.is_set() and agent.alive:
-            stop.wait(0.5)
-    finally:
-        agent.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with StopSignals() as signals:
+        agent = start_agent(config)
+        try:
+            received = signals.wait(lambda: agent.alive)
+            if received:
+                log.info("node %s: received signal %s", config.node_id, received)
+        finally:
+            agent.stop()
     if agent.error is not None:
         raise agent.error

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from gamepipeline.server.metrics import Metrics
 from gamepipeline.server.security import Security, SecurityConfigError, check_exposure
 from gamepipeline.server.store import Store
 from gamepipeline.server.templates import TemplateCatalog, default_templates_dir
+from gamepipeline.stop_signals import StopSignals
 from gamepipeline.wire import NODE_OFFLINE_AFTER_SECONDS, SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -239,29 +239,25 @@ def serve(
     """
     grpc_host, grpc_port = parse_address(grpc_address, "grpc_address")
     http_host, http_port = parse_address(http_address, "http_address")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-
-    server = start_server(
-        db_path=db_path,
-        grpc_host=grpc_host,
-        grpc_port=grpc_port,
-        http_host=http_host,
-        http_port=http_port,
-        offline_after_seconds=offline_after_seconds,
-        node_lost_after_seconds=node_lost_after_seconds,
-        templates_dir=templates_dir,
-        envs=envs,
-        security=security,
-    )
-    try:
-        if port_file is not None:
-            _write_port_file(Path(port_file), server.grpc_port, server.http_port)
-        stop.wait()
-        log.info("signal received")
-    finally:
-        server.stop()
+    with StopSignals() as signals:
+        server = start_server(
+            db_path=db_path,
+            grpc_host=grpc_host,
+            grpc_port=grpc_port,
+            http_host=http_host,
+            http_port=http_port,
+            offline_after_seconds=offline_after_seconds,
+            node_lost_after_seconds=node_lost_after_seconds,
+            templates_dir=templates_dir,
+            envs=envs,
+            security=security,
+        )
+        try:
+            if port_file is not None:
+                _write_port_file(Path(port_file), server.grpc_port, server.http_port)
+            log.info("signal received: %s", signals.wait())
+        finally:
+            server.stop()
 
 
 def _add_port(server: Any, address: str, security: Security) -> int:
